@@ -1,0 +1,325 @@
+"""Typed configuration: one YAML file per job run, loaded into dataclasses.
+
+Every stage reads its settings from one `Config`. Loading is strict on purpose: a scheduled
+job that silently ignores a misspelt key (`trian.lr`) trains with the wrong settings for
+weeks, so unknown keys, wrong types and out-of-range values fail at start-up with an error
+naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key and the source."""
+
+
+def _opt(default: Any = None, *, ge: float | None = None, gt: float | None = None,
+         le: float | None = None, lt: float | None = None, doc: str = "") -> Any:
+    """A dataclass field with an inclusive/exclusive numeric range checked at load time."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections. Defaults are the embedded synthetic demo; conf/*.yaml override what they need.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "divspa-output"  # holds warehouse/ (Delta tables) and runs/<run_id>/ (logs, configs)
+    run_id: str | None = None  # default: today's UTC date, YYYY-MM-DD
+    seed: int = _opt(42, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass
+class SparkConfig:
+    master: str = "local[*]"  # ignored under spark-submit, which sets the master itself
+    app_name: str = "divspa"
+    shuffle_partitions: int = _opt(8, ge=1)
+    driver_memory: str = "4g"  # only effective when this process starts the JVM (local mode)
+    ui: bool = False
+    conf: dict[str, str] = _opt({})  # any further spark.* settings, passed through verbatim
+
+
+@dataclass
+class FilterConfig:
+    column: str
+    op: Literal["==", "!=", ">", ">=", "<", "<="]
+    value: float | int | str
+
+
+@dataclass
+class FeatureSourceConfig:
+    path: str
+    format: Literal["parquet", "csv", "delta"] = "parquet"
+    id_col: str = "id"
+    columns: list[str] = _opt([])  # each becomes categorical tokens "column=value"
+    csv_delimiter: str = ","
+    csv_header: bool = True
+
+
+@dataclass
+class SourceConfig:
+    format: Literal["synthetic", "movielens", "delta", "parquet", "csv"] = "synthetic"
+    path: str | None = None  # movielens: directory with u.data; others: table/file path
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str = "event_time"
+    # How event_time is encoded: a number of s/ms/us since the epoch, a Spark datetime pattern
+    # (e.g. "yyyy-MM-dd HH:mm:ss"), or "timestamp" for native timestamp/date columns.
+    time_unit: Literal["s", "ms", "us", "timestamp"] = "s"
+    time_format: str | None = None  # when set, event_time strings are parsed with this pattern
+    filters: list[FilterConfig] = _opt([])  # e.g. [{column: rating, op: ">=", value: 4}]
+    csv_delimiter: str = ","
+    csv_header: bool = True
+    user_features: FeatureSourceConfig | None = None
+    item_features: FeatureSourceConfig | None = None
+
+
+@dataclass
+class SyntheticConfig:
+    num_users: int = _opt(5000, ge=1)
+    num_items: int = _opt(1000, ge=2)
+    mean_clicks_per_user: float = _opt(20.0, gt=0)
+    max_clicks_per_user: int = _opt(500, ge=1)
+    num_clusters: int = _opt(20, ge=1)
+    max_interests_per_user: int = _opt(3, ge=1)
+    popularity_exponent: float = _opt(0.9, ge=0)  # Zipf exponent of item popularity
+    explore_prob: float = _opt(0.1, ge=0, le=1)  # share of clicks outside the user's interests
+    days: int = _opt(60, ge=1)
+    start_date: str = "2026-01-01"
+    bad_row_fraction: float = _opt(0.0, ge=0, le=0.5)  # rows corrupted on purpose (demo of quarantine)
+    users_per_block: int = _opt(1024, ge=1)  # unit of deterministic generation, independent of partitions
+    partitions: int = _opt(8, ge=1)
+
+
+@dataclass
+class IngestConfig:
+    max_bad_fraction: float = _opt(0.01, ge=0, le=1)  # job fails above this share of quarantined rows
+    min_event_time: str = "1990-01-01"
+    max_event_time: str | None = None  # default: now + 1 day
+
+
+@dataclass
+class SplitConfig:
+    test_fraction: float = _opt(0.1, gt=0, lt=1)  # global time cut at this upper quantile of event_time
+    cut_time: str | None = None  # explicit cut (ISO timestamp, UTC); overrides test_fraction
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+
+    @property
+    def warehouse(self) -> str:
+        return str(Path(self.run.output_dir) / "warehouse")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / "runs" / self.run_id
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load `path` (YAML) and apply `--set key.sub=value` overrides, validating everything."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        raw = loaded
+    for item in overrides or []:
+        _apply_override(raw, item)
+    cfg = _build(Config, raw, "", source)
+    if cfg.run.run_id is not None:
+        _check_run_id(cfg.run.run_id, source)
+    return cfg
+
+
+def _check_run_id(run_id: str, source: str) -> None:
+    # Run ids become partition values and directory names: keep them path- and SQL-safe.
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    if not run_id or set(run_id) - allowed:
+        raise ConfigError(f"{source}: run.run_id {run_id!r} may only hold letters, digits, '-', '_' and '.'")
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.sub=value")
+    key, _, value_text = item.partition("=")
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"--set {item!r}: malformed key {key!r}")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+    # Walk the dataclass types alongside the key: inside a dict-typed field (spark.conf) the rest
+    # of the key is one map key, dots included (spark.conf.spark.sql.foo=1).
+    tp: Any = Config
+    for i, p in enumerate(parts):
+        if typing.get_origin(tp) is dict:
+            parts = parts[:i] + [".".join(parts[i:])]
+            break
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        tp = _unwrap_optional(hints.get(p))
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    where = prefix.rstrip(".") or "<top level>"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix}{unknown[0]!s} (known keys in {where}: {', '.join(sorted(fields))})"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: missing required key {key}")
+            continue
+        value = _convert(hints[name], data[name], key, source)
+        _check_range(f, value, key, source)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_range(f: dataclasses.Field, value: Any, key: str, source: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    m = f.metadata
+    checks = [("ge", lambda b: value >= b, ">="), ("gt", lambda b: value > b, ">"),
+              ("le", lambda b: value <= b, "<="), ("lt", lambda b: value < b, "<")]
+    for name, ok, sym in checks:
+        bound = m.get(name)
+        if bound is not None and not ok(bound):
+            raise ConfigError(f"{source}: {key} = {value!r} is out of range: must be {sym} {bound}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{source}: {key} must not be null")
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        expected = " or ".join(_type_name(a) for a in args if a is not type(None))
+        raise ConfigError(f"{source}: {key} = {value!r} has the wrong type: expected {expected}")
+    if value is None:
+        raise ConfigError(f"{source}: {key} must not be null (expected {_type_name(tp)})")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} = {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {type(value).__name__}")
+        return [_convert(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {type(value).__name__}")
+        return {str(k): _convert(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.", source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} = {value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} = {value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} = {value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dt.date, dt.datetime)):
+            return value.isoformat()  # YAML turns 2026-01-01 into a date; keep it as text
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # YAML reads a run id like 20261122 as a number
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} = {value!r} must be a string")
+        return value
+    raise ConfigError(f"{source}: {key}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain data (what is logged and saved with every run)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    data = config_to_dict(cfg)
+    data["run"]["run_id"] = cfg.run_id
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,36 @@
+"""Stage `split`: chronological train/test split of this run's clicks into split_clicks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pyspark.sql import functions as F
+
+from divspa.ingest.split import SplitError, chronological_split
+from divspa.runtime import RunContext
+from divspa.stages import Stage
+
+log = logging.getLogger(__name__)
+NAME = "split"
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    clicks = ctx.read("clicks").drop("run_id")
+    split = chronological_split(clicks, ctx.cfg.split)
+    if not split.rows.where(F.col("split") == "train").limit(1).count():
+        raise SplitError(f"no click is before the cut {split.cut.isoformat()}: train would be empty")
+    result = ctx.write(NAME, "split_clicks", split.rows.withColumn("run_id", F.lit(ctx.run_id)),
+                       metadata={"divspa.split.cut_time": split.cut.isoformat()})
+    wh = ctx.warehouse
+    train = wh.row_count("split_clicks", where={"run_id": ctx.run_id, "split": "train"})
+    test = wh.row_count("split_clicks", where={"run_id": ctx.run_id, "split": "test"})
+    if test == 0:
+        log.warning("split: the test split is empty (no click after %s by a user and item seen in train)", split.cut)
+    info = {"cut_time": split.cut.isoformat(), "train": train, "test": test, "version": result.version}
+    (ctx.cfg.run_dir / "split.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+STAGE = Stage(NAME, ("split_clicks",), run, "chronological train/test split")

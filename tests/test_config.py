@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from divspa.config import ConfigError, dump_config, load_config
+
+
+def write(tmp_path, text: str):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_repository_configs_load():
+    for name in ("default", "ml100k"):
+        cfg = load_config(f"conf/{name}.yaml")
+        assert cfg.split.test_fraction == 0.1
+    assert load_config().source.format == "synthetic"
+
+
+def test_unknown_key_is_named_with_file(tmp_path):
+    p = write(tmp_path, "split:\n  test_fractoin: 0.2\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key split\.test_fractoin"):
+        load_config(p)
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key trian"):
+        load_config(write(tmp_path, "trian: {}\n"))
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"synthetic\.num_users = 'many' must be an integer"):
+        load_config(write(tmp_path, "synthetic:\n  num_users: many\n"))
+    with pytest.raises(ConfigError, match=r"spark\.ui = 'yes' must be true or false"):
+        load_config(write(tmp_path, "spark:\n  ui: 'yes'\n"))
+
+
+def test_out_of_range_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"split\.test_fraction = 1\.5 is out of range: must be < 1"):
+        load_config(write(tmp_path, "split:\n  test_fraction: 1.5\n"))
+    with pytest.raises(ConfigError, match=r"ingest\.max_bad_fraction = -0\.1 is out of range"):
+        load_config(write(tmp_path, "ingest:\n  max_bad_fraction: -0.1\n"))
+
+
+def test_literal_choices(tmp_path):
+    with pytest.raises(ConfigError, match=r"source\.format = 'avro' is not one of"):
+        load_config(write(tmp_path, "source:\n  format: avro\n"))
+
+
+def test_overrides_are_typed_and_validated():
+    cfg = load_config(None, ["split.test_fraction=0.2", "spark.conf.spark.foo=bar", "run.run_id=20261122"])
+    assert cfg.split.test_fraction == 0.2
+    assert cfg.spark.conf == {"spark.foo": "bar"}
+    assert cfg.run_id == "20261122"
+    with pytest.raises(ConfigError, match="unknown key split.cut"):
+        load_config(None, ["split.cut=1"])
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        load_config(None, ["split.test_fraction"])
+
+
+def test_nested_lists_of_sections(tmp_path):
+    cfg = load_config(write(tmp_path, "source:\n  filters: [{column: rating, op: '>=', value: 4}]\n"))
+    assert cfg.source.filters[0].column == "rating" and cfg.source.filters[0].value == 4
+    with pytest.raises(ConfigError, match=r"source\.filters\[0\]\.op = '=>' is not one of"):
+        load_config(write(tmp_path, "source:\n  filters: [{column: rating, op: '=>', value: 4}]\n"))
+    with pytest.raises(ConfigError, match=r"missing required key source\.filters\[0\]\.value"):
+        load_config(write(tmp_path, "source:\n  filters: [{column: rating, op: '>='}]\n"))
+
+
+def test_bad_run_id_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="run.run_id"):
+        load_config(None, ["run.run_id=a/b"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "split: [\n"))
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_dump_round_trips():
+    cfg = load_config("conf/default.yaml")
+    again = yaml.safe_load(dump_config(cfg))
+    assert again["run"]["run_id"] == "demo"
+    assert again["synthetic"]["num_users"] == cfg.synthetic.num_users
