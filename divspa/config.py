@@ -121,6 +121,46 @@ class SplitConfig:
 
 
 @dataclass
+class ModelConfig:
+    """YoutubeDNN two-tower shape (paper: embedding size 32 for all features)."""
+
+    embedding_dim: int = _opt(32, ge=1)  # size of every feature/id embedding
+    output_dim: int = _opt(32, ge=1)  # size of u and v
+    hidden_dims: list[int] = _opt([64])
+    history_len: int = _opt(20, ge=1)  # recent clicks averaged into the user tower
+    max_user_tokens: int = _opt(16, ge=1)
+    max_item_tokens: int = _opt(16, ge=1)
+    omega: float = _opt(10.0, gt=0)  # inverse temperature of the logits omega * u.v
+
+
+@dataclass
+class TrainConfig:
+    lr: float = _opt(1e-3, gt=0)
+    weight_decay: float = _opt(0.0, ge=0)
+    batch_size: int = _opt(256, ge=1)
+    epochs: int = _opt(20, ge=1)
+    num_negatives: int = _opt(200, ge=1)  # n sampled negatives per batch, shared by its rows (Eq. 1)
+    negative_sampler: Literal["uniform", "popularity"] = "uniform"
+    popularity_power: float = _opt(0.75, ge=0)  # popularity sampler draws items with p ~ count^power
+    logq_correction: bool = True  # subtract log q(v) from logits of non-uniformly sampled negatives
+    val_fraction: float = _opt(0.05, ge=0, lt=1)  # latest share of train held out for early stopping
+    max_val_examples: int = _opt(20000, ge=1)
+    val_k: int = _opt(50, ge=1)  # early stopping watches HR@val_k on the validation slice
+    patience: int = _opt(3, ge=1)
+    shuffle_buffer: int = _opt(65536, ge=1)  # rows shuffled together while streaming
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    num_threads: int = _opt(0, ge=0)  # torch intra-op threads; 0 = torch's default
+    log_every_s: float = _opt(10.0, gt=0)
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = _opt([50, 100, 200])
+    max_users: int | None = _opt(None, ge=1)  # evaluate on at most this many test users (hash-sampled)
+    batch_size: int = _opt(512, ge=1)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -128,6 +168,9 @@ class Config:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def run_id(self) -> str:
@@ -140,6 +183,10 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / "runs" / self.run_id
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.run.output_dir) / "models" / self.run_id
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,19 +7,17 @@ from typing import Any
 
 from divspa.config import ConfigError
 from divspa.runtime import RunContext
-from divspa.stages import Stage
-from divspa.stages import ingest as ingest_stage
-from divspa.stages import split as split_stage
+from divspa.stages import Stage, evaluate, export, ingest, prepare, split, train_base
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[Stage, ...] = (ingest_stage.STAGE, split_stage.STAGE)
+STAGES: tuple[Stage, ...] = (ingest.STAGE, split.STAGE, prepare.STAGE, train_base.STAGE, export.STAGE, evaluate.STAGE)
 BY_NAME = {s.name: s for s in STAGES}
 
 
 def run_stage(ctx: RunContext, stage: Stage) -> dict[str, Any] | None:
     """Run one stage unless its outputs for this run are committed (then skip, unless forced)."""
-    if not ctx.force and ctx.stage_done(stage.name, list(stage.outputs)):
+    if not ctx.force and stage.done(ctx):
         log.info("stage %s: outputs for run %s already committed; skipping (use --force to redo)",
                  stage.name, ctx.run_id)
         return None

@@ -20,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from divspa.config import Config, dump_config
 from divspa.delta import Txn, Warehouse, WriteResult
+from divspa.schemas import load_schema
 from divspa.spark import get_spark
 
 log = logging.getLogger("divspa")
@@ -85,13 +86,22 @@ class RunContext:
         app = self.app_id(stage)
         return bool(tables) and all(self.warehouse.committed(t, app) is not None for t in tables)
 
-    def write(self, stage: str, table: str, df: DataFrame, metadata: dict[str, str] | None = None) -> WriteResult:
-        """Replace this run's partitions of `table`, tagged with the stage's transaction id."""
+    def write(self, stage: str, table: str, df: DataFrame, partition: dict[str, str] | None = None,
+              metadata: dict[str, str] | None = None) -> WriteResult:
+        """Replace this run's partitions of `table` (narrowed by `partition`), tagged with the
+        stage's transaction id so a re-run can tell the stage is done."""
         app = self.app_id(stage)
         previous = self.warehouse.committed(table, app) or 0
         meta = {"divspa.stage": stage, "divspa.run_id": self.run_id, **(metadata or {})}
-        return self.warehouse.write(table, df, mode="replace", replace={"run_id": self.run_id},
+        return self.warehouse.write(table, df, mode="replace", replace={"run_id": self.run_id, **(partition or {})},
                                     txn=Txn(app, previous + 1), metadata=meta)
+
+    def write_metrics(self, stage: str, rows: list[tuple[str, str, int | None, float]]) -> WriteResult:
+        """Replace this stage's rows of the metrics table with (model, metric, k, value) rows."""
+        now = dt.datetime.now(dt.UTC)
+        data = [(m, name, k, float(v), now, stage, self.run_id) for m, name, k, v in rows]
+        df = self.spark.createDataFrame(data, load_schema("metrics").spark)
+        return self.write(stage, "metrics", df, partition={"stage": stage})
 
     def read(self, table: str) -> DataFrame:
         """This run's rows of `table`."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from divspa.runtime import RunContext
@@ -15,3 +16,9 @@ class Stage:
     outputs: tuple[str, ...]  # tables whose committed transaction marks the stage done for a run
     run: Callable[[RunContext], dict[str, Any]]
     doc: str
+    # Files besides tables the stage must have produced (a checkpoint) for it to count as done.
+    artifacts: Callable[[RunContext], list[Path]] | None = None
+
+    def done(self, ctx: RunContext) -> bool:
+        files = self.artifacts(ctx) if self.artifacts else []
+        return ctx.stage_done(self.name, list(self.outputs)) and all(f.is_file() for f in files)

@@ -1,0 +1,1 @@
+"""The PyTorch side: two-tower models, losses, streaming, training and evaluation."""

@@ -1,0 +1,74 @@
+"""Checkpoints: weights, model shape, vocabularies and training figures in one file.
+
+Only tensors, strings, numbers, lists and dicts go in, so `torch.load(weights_only=True)` reads
+it: loading a checkpoint never executes pickled code (executors load it from a broadcast).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from divspa.config import ModelConfig
+from divspa.models.encoding import Vocab
+from divspa.models.towers import TwoTower
+
+FORMAT = "divspa.two_tower.v1"
+
+
+@dataclass
+class ModelBundle:
+    """A model with everything needed to feed it: vocabularies and per-item train counts."""
+
+    model: TwoTower
+    vocab: Vocab
+    mcfg: ModelConfig
+    item_counts: torch.Tensor  # [num_items] train clicks of item index i + 1
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("model_version", "unknown"))
+
+
+def build_model(mcfg: ModelConfig, vocab: Vocab, item_tokens: torch.Tensor) -> TwoTower:
+    return TwoTower(vocab.num_items, len(vocab.user_tokens), len(vocab.item_tokens), item_tokens,
+                    emb_dim=mcfg.embedding_dim, hidden=mcfg.hidden_dims, out_dim=mcfg.output_dim, omega=mcfg.omega)
+
+
+def save_checkpoint(path: Path, bundle: ModelBundle) -> None:
+    state = {
+        "format": FORMAT,
+        "model_config": dataclasses.asdict(bundle.mcfg),
+        "state_dict": bundle.model.state_dict(),
+        "item_ids": torch.from_numpy(bundle.vocab.item_ids.copy()),
+        "user_tokens": list(bundle.vocab.user_tokens),
+        "item_tokens": list(bundle.vocab.item_tokens),
+        "item_counts": bundle.item_counts,
+        "meta": bundle.meta,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash never leaves a half-written checkpoint under the real name
+
+
+def load_checkpoint(source: Path | bytes) -> ModelBundle:
+    fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    with fh:
+        state = torch.load(fh, map_location="cpu", weights_only=True)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"not a divspa two-tower checkpoint (format {state.get('format')!r})")
+    mcfg = ModelConfig(**state["model_config"])
+    vocab = Vocab(np.asarray(state["item_ids"].numpy(), dtype=np.int64), state["user_tokens"], state["item_tokens"])
+    model = build_model(mcfg, vocab, state["state_dict"]["item_tower.item_tokens"])
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    return ModelBundle(model, vocab, mcfg, state["item_counts"], state["meta"])

@@ -1,0 +1,63 @@
+"""Sampled softmax (paper Eq. 1) and its negative samplers.
+
+L_ori(u, v+) = -log( exp(w u.v+) / (exp(w u.v+) + sum_j exp(w u.v_j-)) ) over n negatives drawn
+once per batch and shared by every row. The positive may be a [B, P] block of positives per row
+(the real one and the augmented ones of Eq. 3): each is scored against the same negatives.
+Negatives that happen to equal a row's positive (accidental hits) are masked out.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sampled_softmax_loss(
+    user: torch.Tensor,  # [B, d]
+    pos: torch.Tensor,  # [B, d] or [B, P, d]
+    neg: torch.Tensor,  # [N, d]
+    pos_idx: torch.Tensor,  # [B] or [B, P] item indices of the positives
+    neg_idx: torch.Tensor,  # [N] item indices of the negatives
+    omega: float,
+    neg_logq: torch.Tensor | None = None,  # [N] log sampling probability (logQ correction)
+    pos_logq: torch.Tensor | None = None,  # [B] or [B, P]
+) -> torch.Tensor:
+    """Per-positive loss, shaped like pos_idx."""
+    single = pos.dim() == 2
+    if single:
+        pos, pos_idx = pos.unsqueeze(1), pos_idx.unsqueeze(1)
+        pos_logq = pos_logq.unsqueeze(1) if pos_logq is not None else None
+    pos_logit = omega * (user.unsqueeze(1) * pos).sum(-1)  # [B, P]
+    neg_logit = omega * user @ neg.T  # [B, N]
+    if neg_logq is not None:
+        neg_logit = neg_logit - neg_logq
+        if pos_logq is not None:
+            pos_logit = pos_logit - pos_logq
+    neg_logit = neg_logit.unsqueeze(1).expand(-1, pos_logit.shape[1], -1)  # [B, P, N]
+    hit = neg_idx.view(1, 1, -1) == pos_idx.unsqueeze(-1)
+    neg_logit = neg_logit.masked_fill(hit, float("-inf"))
+    logits = torch.cat([pos_logit.unsqueeze(-1), neg_logit], dim=-1)
+    loss = torch.logsumexp(logits, dim=-1) - pos_logit
+    return loss.squeeze(1) if single else loss
+
+
+class NegativeSampler:
+    """Draws item indices 1..num_items, uniformly or by popularity^power, from a seeded generator."""
+
+    def __init__(self, counts: torch.Tensor, kind: str, power: float, seed: int) -> None:
+        # counts[i] = train clicks of item index i + 1
+        if kind == "uniform":
+            probs = torch.ones(len(counts), dtype=torch.float64)
+        else:
+            probs = counts.to(torch.float64).clamp_min(1.0) ** power
+        self.probs = (probs / probs.sum()).to(torch.float32)
+        self.uniform = kind == "uniform"
+        self.logq_table = torch.cat([torch.zeros(1), torch.log(self.probs)])  # index 0 = padding
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, n: int) -> torch.Tensor:
+        if self.uniform:
+            return torch.randint(1, len(self.probs) + 1, (n,), generator=self.generator)
+        return torch.multinomial(self.probs, n, replacement=True, generator=self.generator) + 1
+
+    def logq(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.logq_table[idx]

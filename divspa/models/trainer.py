@@ -1,0 +1,189 @@
+"""Training loop for two-tower models: streamed batches, sampled softmax, early stopping.
+
+`Trainer.batch_loss` is the one place the objective lives; the DivSPA trainer overrides it
+(and the columns it streams) to add the mix-up term of Eq. 3, so both share the loop, the
+sampler, the validation and the checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import torch
+
+from divspa.config import Config
+from divspa.models.checkpoint import ModelBundle
+from divspa.models.data import encode_examples, encode_users, stream_tables
+from divspa.models.loss import NegativeSampler, sampled_softmax_loss
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class TrainReport:
+    epochs_run: int = 0
+    best_epoch: int = 0
+    best_val_hr: float = float("nan")
+    val_hr: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    examples: int = 0
+    examples_per_s: float = 0.0
+    wall_s: float = 0.0
+
+
+class Progress:
+    """A progress line on a terminal, a log line every `every_s` seconds otherwise."""
+
+    def __init__(self, label: str, total: int | None, every_s: float) -> None:
+        self.label, self.total, self.every_s = label, total, every_s
+        self.tty = sys.stderr.isatty()
+        self.started = self.last = time.monotonic()
+
+    def update(self, done: int, loss: float) -> None:
+        now = time.monotonic()
+        if not self.tty and now - self.last < self.every_s:
+            return
+        rate = done / max(now - self.started, 1e-9)
+        pct = f" {100 * done / self.total:5.1f}%" if self.total else ""
+        msg = f"{self.label}:{pct} {done:,} examples, loss {loss:.4f}, {rate:,.0f} ex/s"
+        if self.tty:
+            sys.stderr.write("\r" + msg[:120].ljust(120))
+            sys.stderr.flush()
+            if now - self.last >= self.every_s:
+                log.debug(msg)
+        else:
+            log.info(msg)
+        self.last = now
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+class Trainer:
+    columns = ["user_id", "item_id", "history", "user_features"]
+
+    def __init__(self, cfg: Config, bundle: ModelBundle, dataset: pads.Dataset, run_id: str) -> None:
+        self.cfg = cfg
+        self.tcfg = cfg.train
+        self.bundle = bundle
+        self.dataset = dataset
+        self.run_id = run_id
+        self.device = pick_device(self.tcfg.device)
+        self.model = bundle.model.to(self.device)
+        self.sampler = NegativeSampler(bundle.item_counts, self.tcfg.negative_sampler, self.tcfg.popularity_power,
+                                       cfg.run.seed)
+        self.use_logq = self.tcfg.logq_correction and self.tcfg.negative_sampler != "uniform"
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
+        run = pads.field("run_id") == run_id
+        self.train_filter = run & (pads.field("is_val") == False)  # noqa: E712 (Arrow expression)
+        self.val_filter = run & (pads.field("is_val") == True)  # noqa: E712
+        self.train_rows = dataset.count_rows(filter=self.train_filter)
+        if self.train_rows == 0:
+            raise ValueError(f"train_examples holds no training rows for run {run_id}")
+
+    # --- the objective -------------------------------------------------------------------------
+
+    def batch_loss(self, table: pa.Table) -> torch.Tensor:
+        """Eq. 1: sampled softmax of each positive against the batch's shared negatives."""
+        batch = encode_examples(table, self.bundle.vocab, self.bundle.mcfg)
+        user = self.model.user_vectors(batch.users.to(self.device))
+        pos_idx = batch.items.to(self.device)
+        neg_idx = self.sampler.sample(self.tcfg.num_negatives).to(self.device)
+        loss = sampled_softmax_loss(
+            user, self.model.item_vectors(pos_idx), self.model.item_vectors(neg_idx), pos_idx, neg_idx,
+            self.model.omega, *self._logq(pos_idx, neg_idx))
+        return loss.mean()
+
+    def _logq(self, pos_idx: torch.Tensor, neg_idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not self.use_logq:
+            return None, None
+        q = self.sampler.logq_table.to(self.device)
+        return q[neg_idx], q[pos_idx]
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> TrainReport:
+        report = TrainReport()
+        best_state: dict[str, Any] | None = None
+        bad_epochs = 0
+        started = time.monotonic()
+        has_val = self.dataset.count_rows(filter=self.val_filter) > 0
+        for epoch in range(1, self.tcfg.epochs + 1):
+            self.model.train()
+            progress = Progress(f"epoch {epoch}/{self.tcfg.epochs}", self.train_rows, self.tcfg.log_every_s)
+            total, seen = 0.0, 0
+            for table in stream_tables(self.dataset, self.columns, self.train_filter, self.tcfg.batch_size,
+                                       self.tcfg.shuffle_buffer, self.cfg.run.seed, epoch):
+                loss = self.batch_loss(table)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss) * table.num_rows
+                seen += table.num_rows
+                progress.update(seen, total / seen)
+            progress.close()
+            report.examples += seen
+            report.train_loss.append(total / max(seen, 1))
+            report.epochs_run = epoch
+            val = self.validate() if has_val else -report.train_loss[-1]
+            report.val_hr.append(val)
+            log.info("epoch %d: train loss %.4f, val HR@%d %.4f", epoch, report.train_loss[-1], self.tcfg.val_k, val)
+            if best_state is None or val > report.best_val_hr:
+                report.best_val_hr, report.best_epoch = val, epoch
+                best_state = copy.deepcopy(self.model.state_dict())
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+                if bad_epochs >= self.tcfg.patience:
+                    log.info("early stopping after epoch %d: best val HR@%d %.4f at epoch %d", epoch,
+                             self.tcfg.val_k, report.best_val_hr, report.best_epoch)
+                    break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        self.model.eval()
+        report.wall_s = time.monotonic() - started
+        report.examples_per_s = report.examples / max(report.wall_s, 1e-9)
+        return report
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """HR@val_k of the held-out latest train clicks against every item (deterministic)."""
+        self.model.eval()
+        items = self.model.item_vectors()
+        hits = n = 0
+        for table in stream_tables(self.dataset, self.columns, self.val_filter, 1024,
+                                   limit=self.tcfg.max_val_examples):
+            batch = encode_examples(table, self.bundle.vocab, self.bundle.mcfg)
+            scores = self.model.user_vectors(batch.users.to(self.device)) @ items.T
+            k = min(self.tcfg.val_k, scores.shape[1])
+            top = scores.topk(k, dim=1).indices + 1
+            known = batch.items.to(self.device) > 0
+            hits += int(((top == batch.items.to(self.device).unsqueeze(1)).any(1) & known).sum())
+            n += int(known.sum())
+        return hits / n if n else 0.0
+
+
+@torch.no_grad()
+def user_vectors_for(bundle: ModelBundle, table: pa.Table, device: torch.device | None = None) -> np.ndarray:
+    """User vectors for rows with history and user_features: the code the export runs on executors."""
+    users = encode_users(table, bundle.vocab, bundle.mcfg)
+    if device is not None:
+        users = users.to(device)
+    return bundle.model.user_vectors(users).cpu().numpy()

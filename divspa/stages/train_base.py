@@ -1,0 +1,84 @@
+"""Stage `train_base`: train the YoutubeDNN teacher on train_examples (Eq. 1).
+
+The vocabularies are catalogue-sized (items and feature values, never users): Spark computes
+them and the driver holds them, as the model's embedding tables must anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from pyspark.sql import functions as F
+
+from divspa.models.checkpoint import ModelBundle, build_model, save_checkpoint
+from divspa.models.encoding import Vocab
+from divspa.models.trainer import Trainer, TrainReport
+from divspa.runtime import RunContext
+from divspa.stages import Stage
+
+log = logging.getLogger(__name__)
+NAME = "train_base"
+BASE_VERSION = "base"
+
+
+def checkpoint_path(ctx: RunContext, version: str) -> Path:
+    return ctx.cfg.model_dir / f"{version}.pt"
+
+
+def build_bundle(ctx: RunContext, version: str) -> ModelBundle:
+    """A freshly initialised model with vocabularies from this run's train split and features."""
+    examples = ctx.read("train_examples")
+    counts = examples.groupBy("item_id").agg(F.count(F.lit(1)).alias("n")).orderBy("item_id")
+    count_table = counts.toArrow()
+    item_ids = count_table.column("item_id").to_numpy()
+    user_tokens = sorted(examples.select(F.explode("user_features").alias("t")).distinct().toArrow()
+                         .column("t").to_pylist())
+    feats = ctx.read("item_features").select("item_id", "features")
+    item_tokens = sorted(feats.select(F.explode("features").alias("t")).distinct().toArrow().column("t").to_pylist())
+    vocab = Vocab(item_ids, user_tokens, item_tokens)
+    mcfg = ctx.cfg.model
+    token_rows = feats.join(counts.select("item_id"), "item_id", "left_semi").toArrow()
+    item_tokens_matrix = torch.zeros((vocab.num_items + 1, mcfg.max_item_tokens), dtype=torch.int64)
+    if token_rows.num_rows:
+        idx = torch.from_numpy(vocab.item_index(token_rows.column("item_id").to_numpy()))
+        item_tokens_matrix[idx] = vocab.item_token_lists(token_rows.column("features"), mcfg.max_item_tokens)
+    torch.manual_seed(ctx.cfg.run.seed)
+    model = build_model(mcfg, vocab, item_tokens_matrix)
+    log.info("vocabularies: %d items, %d user feature values, %d item feature values", vocab.num_items,
+             len(user_tokens), len(item_tokens))
+    return ModelBundle(model, vocab, mcfg, torch.tensor(count_table.column("n").to_numpy(), dtype=torch.int64),
+                       {"model_version": version, "run_id": ctx.run_id})
+
+
+def train_report_rows(version: str, report: TrainReport, val_k: int) -> list[tuple[str, str, int | None, float]]:
+    return [
+        (version, "val_hr", val_k, report.best_val_hr),
+        (version, "best_epoch", None, float(report.best_epoch)),
+        (version, "epochs_run", None, float(report.epochs_run)),
+        (version, "train_loss", None, report.train_loss[report.best_epoch - 1]),
+        (version, "examples_per_s", None, report.examples_per_s),
+        (version, "train_wall_s", None, report.wall_s),
+    ]
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.cfg
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    bundle = build_bundle(ctx, BASE_VERSION)
+    trainer = Trainer(cfg, bundle, ctx.warehouse.dataset("train_examples"), ctx.run_id)
+    report = trainer.fit()
+    bundle.model = trainer.model.cpu()
+    bundle.meta.update({"best_epoch": report.best_epoch, "val_hr": report.best_val_hr})
+    path = checkpoint_path(ctx, BASE_VERSION)
+    save_checkpoint(path, bundle)
+    ctx.write_metrics(NAME, train_report_rows(BASE_VERSION, report, cfg.train.val_k))
+    return {"checkpoint": str(path), "best_epoch": report.best_epoch, "val_hr": round(report.best_val_hr, 4),
+            "examples_per_s": round(report.examples_per_s)}
+
+
+STAGE = Stage(NAME, ("metrics",), run, "train the YoutubeDNN base model (the teacher)",
+              artifacts=lambda ctx: [checkpoint_path(ctx, BASE_VERSION)])
