@@ -154,6 +154,11 @@ class TrainConfig:
 
 
 @dataclass
+class ExportConfig:
+    partitions: int = _opt(0, ge=0)  # Spark partitions for user/item vectors; 0 = from the input
+
+
+@dataclass
 class EvalConfig:
     ks: list[int] = _opt([50, 100, 200])
     max_users: int | None = _opt(None, ge=1)  # evaluate on at most this many test users (hash-sampled)
@@ -170,6 +175,7 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property

@@ -135,7 +135,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                total += float(loss) * table.num_rows
+                total += float(loss.detach()) * table.num_rows
                 seen += table.num_rows
                 progress.update(seen, total / seen)
             progress.close()

@@ -68,8 +68,11 @@ def export_vectors(ctx: RunContext, checkpoint: bytes, num_items: int) -> tuple[
     bc = ctx.spark.sparkContext.broadcast(checkpoint)
     key = hashlib.sha256(checkpoint).hexdigest()
     users = ctx.read("user_histories").select("user_id", "history", "user_features")
+    wanted = ctx.cfg.export.partitions
+    if wanted:
+        users = users.repartition(wanted)
     user_df = users.mapInArrow(lambda it: _user_vectors(bc, key, it), _VECTOR_SCHEMA.format(id="user_id"))
-    parts = max(1, min(ctx.spark.sparkContext.defaultParallelism, -(-num_items // 2048)))
+    parts = wanted or max(1, min(ctx.spark.sparkContext.defaultParallelism, -(-num_items // 2048)))
     items = ctx.spark.range(1, num_items + 1, numPartitions=parts)
     item_df = items.mapInArrow(lambda it: _item_vectors(bc, key, it), _VECTOR_SCHEMA.format(id="item_id"))
     return user_df, item_df

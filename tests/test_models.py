@@ -1,0 +1,98 @@
+"""The PyTorch side: encoding, loss, evaluation metrics on hand-checked examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from divspa.models.encoding import Vocab
+from divspa.models.evaluate import evaluate, gini, popularity_scorer
+from divspa.models.loss import NegativeSampler, sampled_softmax_loss
+
+
+def vocab() -> Vocab:
+    return Vocab(np.array([10, 20, 30, 40]), ["age=1", "age=2"], ["genre=a"])
+
+
+def test_item_index_and_lists():
+    v = vocab()
+    assert v.item_index(np.array([10, 40, 15, 99])).tolist() == [1, 4, 0, 0]
+    lists = pa.array([[10, 20, 30], [], [40, 99, 10, 20, 30]], pa.list_(pa.int64()))
+    last = v.item_lists(lists, 2, keep="last")
+    assert last.tolist() == [[2, 3], [0, 0], [2, 3]]
+    first = v.item_lists(lists, 2, keep="first")
+    assert first.tolist() == [[1, 2], [0, 0], [4, 0]]
+    toks = v.user_token_lists(pa.array([["age=2", "zzz"], ["age=1"]]), 3)
+    assert toks.tolist() == [[2, 0, 0], [1, 0, 0]]
+    sliced = lists.slice(1)  # offsets that do not start at 0
+    assert v.item_lists(sliced, 3, keep="last").tolist() == [[0, 0, 0], [1, 2, 3]]
+
+
+def test_sampled_softmax_matches_hand_computation():
+    user = torch.tensor([[1.0, 0.0]])
+    pos = torch.tensor([[0.6, 0.8]])
+    neg = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
+    omega = 2.0
+    # negative 3 is the positive itself (same index): an accidental hit, masked out.
+    loss = sampled_softmax_loss(user, pos, neg, torch.tensor([5]), torch.tensor([1, 2, 5]), omega)
+    expected = -math.log(math.exp(1.2) / (math.exp(1.2) + math.exp(0.0) + math.exp(2.0)))
+    assert loss.shape == (1,)
+    assert abs(float(loss[0]) - expected) < 1e-6
+    # Several positives per row share the negatives: each equals its own single-positive loss.
+    pos2 = torch.stack([pos[0], torch.tensor([0.0, 1.0])]).unsqueeze(0)
+    multi = sampled_softmax_loss(user, pos2, neg, torch.tensor([[5, 1]]), torch.tensor([1, 2, 5]), omega)
+    single = sampled_softmax_loss(user, torch.tensor([[0.0, 1.0]]), neg, torch.tensor([1]), torch.tensor([1, 2, 5]),
+                                  omega)
+    assert multi.shape == (1, 2)
+    assert abs(float(multi[0, 0]) - expected) < 1e-6 and abs(float(multi[0, 1]) - float(single[0])) < 1e-6
+
+
+def test_logq_correction_shifts_logits():
+    user, pos, neg = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    plain = sampled_softmax_loss(user, pos, neg, torch.tensor([1]), torch.tensor([2]), 1.0)
+    corrected = sampled_softmax_loss(user, pos, neg, torch.tensor([1]), torch.tensor([2]), 1.0,
+                                     neg_logq=torch.tensor([math.log(0.5)]), pos_logq=torch.tensor([math.log(0.5)]))
+    assert torch.allclose(plain, corrected)  # equal q for both: no change
+    skewed = sampled_softmax_loss(user, pos, neg, torch.tensor([1]), torch.tensor([2]), 1.0,
+                                  neg_logq=torch.tensor([math.log(0.9)]), pos_logq=torch.tensor([math.log(0.1)]))
+    assert float(skewed) < float(plain)  # a frequently sampled negative is down-weighted
+
+
+def test_popularity_sampler_distribution_and_seed():
+    counts = torch.tensor([1, 1, 98])
+    s = NegativeSampler(counts, "popularity", 1.0, seed=3)
+    draws = s.sample(20000)
+    share = float((draws == 3).float().mean())
+    assert 0.96 < share < 0.99 and int(draws.min()) >= 1 and int(draws.max()) <= 3
+    assert torch.equal(NegativeSampler(counts, "uniform", 1.0, 5).sample(50),
+                       NegativeSampler(counts, "uniform", 1.0, 5).sample(50))
+
+
+def test_evaluate_hr_ndcg_with_masking():
+    v = vocab()  # items 10, 20, 30, 40 -> indices 1..4
+    table = pa.table({
+        "train_items": pa.array([[40], []], pa.list_(pa.int64())),
+        "test_items": pa.array([[20, 10], [30]], pa.list_(pa.int64())),
+    })
+
+    def scorer(t):  # user 0 ranks 40 > 20 > 10 > 30; user 1 ranks 40 > 30 > 20 > 10
+        return torch.tensor([[2.0, 3.0, 1.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
+
+    res = evaluate(scorer, [table], v, [1, 2])
+    # user 0: 40 is masked (train) -> ranking 20, 10, 30: 20 at rank 1, 10 at rank 2.
+    # user 1: ranking 40, 30: 30 at rank 2.
+    assert res.pairs == 3 and res.users == 2
+    assert res.metric("hr", 1) == 1 / 3
+    assert res.metric("hr", 2) == 1.0
+    assert abs(res.metric("ndcg", 2) - (1 + 1 / math.log2(3) + 1 / math.log2(3)) / 3) < 1e-9
+    assert res.topk_items[1].tolist() == [0, 0, 1, 0, 1]
+
+
+def test_popularity_scorer_and_gini():
+    s = popularity_scorer(torch.tensor([5, 1, 0]))
+    assert s(pa.table({"x": [1, 2]})).shape == (2, 3)
+    assert gini(np.array([1, 1, 1, 1])) == 0.0
+    assert abs(gini(np.array([0, 0, 0, 10])) - 0.75) < 1e-9
