@@ -159,6 +159,35 @@ class ExportConfig:
 
 
 @dataclass
+class RetrieveConfig:
+    strategies: list[Literal["u2i", "i2i", "u2u"]] = _opt(["u2i", "i2i", "u2u"])
+    k: int = _opt(50, ge=1)  # neighbours kept per query for u2i and i2i
+    k_users: int = _opt(20, ge=1)  # k_u: neighbours kept per user for u2u
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    ivf_nlist: int = _opt(0, ge=0)  # 0 = about 4 * sqrt(corpus size)
+    ivf_nprobe: int = _opt(16, ge=1)
+    hnsw_m: int = _opt(32, ge=4)
+    hnsw_ef_construction: int = _opt(128, ge=8)
+    hnsw_ef_search: int = _opt(128, ge=8)
+    broadcast_max_mb: float = _opt(512.0, gt=0)  # larger corpora are sharded instead of broadcast
+    shards: int = _opt(0, ge=0)  # force this many shards (0 = only when over broadcast_max_mb)
+    query_batch: int = _opt(4096, ge=1)
+    partitions: int = _opt(0, ge=0)  # query partitions; 0 = the input's
+
+
+@dataclass
+class AugmentConfig:
+    strategies: list[Literal["u2i", "i2i", "u2u2i"]] = _opt(["u2i", "i2i", "u2u2i"])  # ablations drop some
+    k: int = _opt(20, ge=1)  # candidates kept per strategy after the teacher's re-scoring
+    m: int = _opt(3, ge=1)  # sampled per strategy (paper: 3)
+    sampler: Literal["uniform", "importance", "beta"] = "importance"
+    beta_alpha: float = _opt(0.5, gt=0)
+    min_score: float = _opt(1e-6, gt=0)  # scores are floored here for sampling probabilities and weights
+    long_tail_share: float = _opt(0.8, gt=0, lt=1)  # the least clicked items holding this share are long-tail
+    partitions: int = _opt(0, ge=0)  # shuffle partitions of the augment job; 0 = spark.shuffle_partitions
+
+
+@dataclass
 class EvalConfig:
     ks: list[int] = _opt([50, 100, 200])
     max_users: int | None = _opt(None, ge=1)  # evaluate on at most this many test users (hash-sampled)
@@ -176,6 +205,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
@@ -224,6 +255,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = _build(Config, raw, "", source)
     if cfg.run.run_id is not None:
         _check_run_id(cfg.run.run_id, source)
+    if cfg.augment.k > cfg.retrieve.k:
+        raise ConfigError(f"{source}: augment.k = {cfg.augment.k} exceeds retrieve.k = {cfg.retrieve.k}: "
+                          "the teacher can only keep candidates that retrieval found")
+    if cfg.augment.m > cfg.augment.k:
+        raise ConfigError(f"{source}: augment.m = {cfg.augment.m} exceeds augment.k = {cfg.augment.k}")
     return cfg
 
 

@@ -42,3 +42,34 @@ def ml100k_path() -> Path:
     if not (ML100K / "u.data").is_file():
         pytest.skip(f"MovieLens-100K not available at {ML100K}")
     return ML100K
+
+
+SMALL_PIPELINE = ["synthetic.num_users=400", "synthetic.num_items=150", "synthetic.mean_clicks_per_user=15",
+                  "synthetic.partitions=2", "spark.master=local[2]", "spark.shuffle_partitions=4", "train.epochs=2",
+                  "train.num_negatives=50", "train.batch_size=128", "model.history_len=5", "eval.ks=[10,20]",
+                  "retrieve.k=20", "retrieve.k_users=5", "augment.k=10"]
+
+
+@pytest.fixture(scope="session")
+def trained(spark, tmp_path_factory):
+    """A small synthetic run taken through train_base (the teacher), shared by the suite."""
+    from divspa.pipeline import BY_NAME, run_stage
+    from divspa.runtime import RunContext
+
+    out = tmp_path_factory.mktemp("pipeline")
+    cfg = load_config(REPO / "conf" / "default.yaml", [f"run.output_dir={out}", "run.run_id=b1", *SMALL_PIPELINE])
+    ctx = RunContext.start(cfg, "test", spark=spark)
+    for name in ("ingest", "split", "prepare", "train_base", "export"):
+        run_stage(ctx, BY_NAME[name])
+    return ctx
+
+
+def rerun(ctx, name: str) -> dict | None:
+    """Run a stage again even though this run already committed it."""
+    from divspa.pipeline import BY_NAME, run_stage
+
+    ctx.force = True
+    try:
+        return run_stage(ctx, BY_NAME[name])
+    finally:
+        ctx.force = False

@@ -5,28 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+import torch
 from pyspark.sql import functions as F
 
-from divspa.config import load_config
 from divspa.models.checkpoint import load_checkpoint
 from divspa.models.trainer import user_vectors_for
 from divspa.pipeline import BY_NAME, run_stage
-from divspa.runtime import RunContext
 from divspa.stages.train_base import BASE_VERSION, checkpoint_path
-
-SMALL = ["synthetic.num_users=400", "synthetic.num_items=150", "synthetic.mean_clicks_per_user=15",
-         "synthetic.partitions=2", "spark.master=local[2]", "spark.shuffle_partitions=4", "train.epochs=2",
-         "train.num_negatives=50", "train.batch_size=128", "model.history_len=5", "eval.ks=[10,20]"]
-
-
-@pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base")
-    cfg = load_config("conf/default.yaml", [f"run.output_dir={out}", "run.run_id=b1", *SMALL])
-    ctx = RunContext.start(cfg, "test", spark=spark)
-    for name in ("ingest", "split", "prepare", "train_base"):
-        run_stage(ctx, BY_NAME[name])
-    return ctx
+from tests.conftest import rerun
 
 
 def test_history_is_strictly_before_the_event(trained):
@@ -57,16 +43,13 @@ def test_user_histories_exclude_train_items_from_test(trained):
 def test_spark_export_equals_in_process_vectors(trained, partitions):
     ctx = trained
     ctx.cfg.export.partitions = partitions
-    ctx.force = True
-    run_stage(ctx, BY_NAME["export"])
+    rerun(ctx, "export")
     bundle = load_checkpoint(checkpoint_path(ctx, BASE_VERSION))
     hist = ctx.warehouse.dataset("user_histories").to_table(filter=pc.field("run_id") == ctx.run_id)
     expected = dict(zip(hist.column("user_id").to_pylist(), user_vectors_for(bundle, hist), strict=True))
     users = {r["user_id"]: np.array(r["vector"]) for r in ctx.read("user_embeddings").collect()}
     assert set(users) == set(expected)
     assert max(float(np.abs(users[u] - expected[u]).max()) for u in users) <= 1e-5
-    import torch
-
     with torch.no_grad():
         item_vecs = bundle.model.item_vectors().numpy()
     items = {r["item_id"]: np.array(r["vector"]) for r in ctx.read("item_embeddings").collect()}
@@ -80,8 +63,7 @@ def test_training_is_reproducible(trained, spark):
     ctx = trained
     first = {(r["metric"], r["value"]) for r in ctx.read("metrics").where(
         "stage = 'train_base' and metric in ('val_hr', 'train_loss')").collect()}
-    ctx.force = True
-    run_stage(ctx, BY_NAME["train_base"])
+    rerun(ctx, "train_base")
     again = {(r["metric"], r["value"]) for r in ctx.read("metrics").where(
         "stage = 'train_base' and metric in ('val_hr', 'train_loss')").collect()}
     assert first == again and len(first) == 2

@@ -1,0 +1,1 @@
+"""Distributed faiss top-k retrieval."""

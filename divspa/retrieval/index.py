@@ -1,0 +1,117 @@
+"""faiss indexes over L2-normalised vectors (inner product = cosine) and exact top-k search.
+
+`search_topk` returns, per query, the true top k of the corpus after removing that query's
+excluded ids, however many they are: each query is searched to depth k + |excluded| (queries
+are bucketed by that depth), so at least k survivors remain whenever the corpus has them.
+Scores are recomputed in float64 from the vectors and ties broken by id, so the result of a
+query never depends on which other queries share its batch, task or partition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from divspa.config import RetrieveConfig
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.maximum(norms, 1e-12)
+
+
+def build_index(vectors: np.ndarray, cfg: RetrieveConfig, seed: int = 0) -> faiss.Index:
+    """An inner-product index of the (already normalised) vectors; row i has faiss id i."""
+    n, d = vectors.shape
+    if cfg.index == "flat" or n < 1000:  # approximate indexes need enough points to train on
+        index = faiss.IndexFlatIP(d)
+    elif cfg.index == "ivf":
+        nlist = cfg.ivf_nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(vectors)
+        index.nprobe = min(cfg.ivf_nprobe, nlist)
+    else:
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = cfg.hnsw_ef_construction
+        index.hnsw.efSearch = cfg.hnsw_ef_search
+    index.add(vectors)
+    return index
+
+
+def serialize(index: faiss.Index) -> bytes:
+    return faiss.serialize_index(index).tobytes()
+
+
+def deserialize(data: bytes) -> faiss.Index:
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+
+
+@dataclass
+class Shard:
+    """One searchable piece of the corpus: an index plus the ids and vectors of its rows."""
+
+    index: faiss.Index
+    ids: np.ndarray  # int64 corpus ids; faiss row i is ids[i]
+    vectors: np.ndarray  # normalised float32, for exact re-scoring
+
+
+def _search_shard(shard: Shard, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    depth = min(depth, shard.index.ntotal)
+    if depth == 0:
+        return np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float64)
+    if isinstance(shard.index, faiss.IndexHNSWFlat):
+        shard.index.hnsw.efSearch = max(shard.index.hnsw.efSearch, depth)
+    _, rows = shard.index.search(queries, depth)
+    ok = rows >= 0
+    ids = np.where(ok, shard.ids[np.maximum(rows, 0)], -1)
+    # Exact, batch-independent scores: float64 dot products of the stored float32 vectors.
+    cand = shard.vectors[np.maximum(rows, 0)].astype(np.float64)
+    scores = np.einsum("bkd,bd->bk", cand, queries.astype(np.float64))
+    return ids, np.where(ok, scores, -np.inf)
+
+
+def search_topk(shards: Iterable[Shard], queries: np.ndarray, exclude: list[np.ndarray], k: int,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top k per query over all shards (each visited once), minus each query's excluded ids.
+
+    Returns flat arrays (query row, neighbour id, score) sorted by query row, then rank.
+    """
+    n_excl = np.array([len(e) for e in exclude], dtype=np.int64)
+    bucket = np.ceil(np.log2(np.maximum(k + n_excl, 1))).astype(np.int64)
+    groups = {int(b): np.flatnonzero(bucket == b) for b in np.unique(bucket)}
+    found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {b: [] for b in groups}
+    for shard in shards:  # one shard in memory at a time
+        for b, sel in groups.items():
+            found[b].append(_search_shard(shard, queries[sel], 2**b))
+    out_rows, out_ids, out_scores = [], [], []
+    for b, sel in groups.items():
+        ids = np.concatenate([p[0] for p in found[b]], axis=1)
+        scores = np.concatenate([p[1] for p in found[b]], axis=1)
+        # Mask excluded ids: (row, id) pairs encoded as one int64 key and looked up at once.
+        excl_rows = np.repeat(np.arange(len(sel)), n_excl[sel])
+        excl_ids = np.concatenate([exclude[i] for i in sel]).astype(np.int64) if len(excl_rows) else np.empty(0, np.int64)
+        span = np.int64(max(int(ids.max(initial=0)), int(excl_ids.max(initial=0))) + 2)
+        keys = np.arange(len(sel))[:, None] * span + (ids + 1)
+        banned = np.isin(keys, excl_rows * span + (excl_ids + 1)) | (ids < 0)
+        score32 = np.where(banned, -np.inf, scores).astype(np.float32)
+        # Rank by score (float32, as stored), ties by id; keep the first k that are not banned.
+        order = np.lexsort((ids, -score32.astype(np.float64)), axis=1)
+        ids_sorted = np.take_along_axis(ids, order, axis=1)[:, :k]
+        sc_sorted = np.take_along_axis(score32, order, axis=1)[:, :k]
+        valid = np.isfinite(sc_sorted)
+        rows = np.repeat(sel[:, None], ids_sorted.shape[1], axis=1)
+        out_rows.append(rows[valid])
+        out_ids.append(ids_sorted[valid])
+        out_scores.append(sc_sorted[valid])
+    if not out_rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    rows = np.concatenate(out_rows)
+    order = np.argsort(rows, kind="stable")
+    return rows[order], np.concatenate(out_ids)[order], np.concatenate(out_scores)[order]

@@ -1,0 +1,142 @@
+"""Distributed top-k: queries stream through `mapInArrow`, the corpus is broadcast or sharded.
+
+Broadcast (corpus index within `retrieve.broadcast_max_mb`): the driver builds one faiss index
+from the corpus and broadcasts it. Sharded (larger, or `retrieve.shards` set): a Spark job
+builds one index per hash shard of the corpus (one task per shard, nothing on the driver) and
+writes it to a scratch directory; every query partition then visits each shard in turn, one
+in memory at a time, and merges the per-shard top-k exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import posixpath
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from divspa.config import RetrieveConfig
+from divspa.retrieval.index import Shard, build_index, deserialize, normalise, search_topk, serialize
+
+log = logging.getLogger(__name__)
+RESULT_SCHEMA = "query_id bigint, rank int, neighbour_id bigint, score float"
+_CACHE: dict[str, Shard] = {}  # per Python worker: broadcast digest -> shard
+
+
+def _vectors(table: pa.Table | pa.RecordBatch, column: str = "vector") -> np.ndarray:
+    col = table.column(column)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    n = len(col)
+    flat = np.asarray(pc.list_flatten(col).to_numpy(zero_copy_only=False), dtype=np.float32)
+    return flat.reshape(n, -1) if n else np.empty((0, 0), np.float32)
+
+
+def _shard_bytes(ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int) -> bytes:
+    order = np.argsort(ids, kind="stable")  # the index never depends on row order
+    ids, vectors = ids[order], normalise(vectors[order])
+    buf = io.BytesIO()
+    np.savez(buf, index=np.frombuffer(serialize(build_index(vectors, cfg, seed)), np.uint8), ids=ids, vectors=vectors)
+    return buf.getvalue()
+
+
+def _load_shard(data: bytes) -> Shard:
+    z = np.load(io.BytesIO(data))
+    return Shard(deserialize(z["index"].tobytes()), z["ids"], z["vectors"])
+
+
+@dataclass
+class Corpus:
+    """How query tasks reach the corpus: a broadcast shard, or shard files under a scratch dir."""
+
+    broadcast: object | None = None  # pyspark Broadcast of shard bytes
+    key: str = ""
+    paths: tuple[str, ...] = ()
+
+    def shards(self) -> Iterator[Shard]:
+        if self.broadcast is not None:
+            if self.key not in _CACHE:
+                _CACHE.clear()
+                _CACHE[self.key] = _load_shard(self.broadcast.value)  # type: ignore[attr-defined]
+            yield _CACHE[self.key]
+            return
+        for path in self.paths:
+            fs, p = pafs.FileSystem.from_uri(path)
+            with fs.open_input_stream(p) as fh:
+                data = fh.read()
+            yield _load_shard(data)
+
+
+def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: str, seed: int) -> Corpus:
+    """Index the corpus (id, vector) for search, broadcast or sharded by its size."""
+    spark = corpus.sparkSession
+    stats = corpus.agg(F.count(F.lit(1)).alias("n"), F.max(F.size("vector")).alias("d")).first()
+    n, d = int(stats["n"]), int(stats["d"] or 0)
+    if n == 0:
+        raise ValueError(f"{name}: the corpus is empty")
+    overhead = 1.0 + (2.0 * cfg.hnsw_m / d if cfg.index == "hnsw" and d else 0.0)
+    mb = n * d * 4 * 2 * overhead / 2**20  # vectors twice (index + exact re-scoring copy)
+    shards = cfg.shards or (1 if mb <= cfg.broadcast_max_mb else math.ceil(mb / cfg.broadcast_max_mb))
+    if shards == 1 and not cfg.shards:
+        table = corpus.select("id", "vector").toArrow()
+        data = _shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed)
+        log.info("%s: broadcasting a %s index of %d vectors (%.1f MB)", name, cfg.index, n, len(data) / 2**20)
+        return Corpus(broadcast=spark.sparkContext.broadcast(data), key=hashlib.sha256(data).hexdigest())
+    base = posixpath.join(scratch, name)
+
+    def build(table: pa.Table) -> pa.Table:
+        shard = int(table.column("shard")[0].as_py())
+        path = posixpath.join(base, f"shard-{shard:05d}.npz")
+        fs, p = pafs.FileSystem.from_uri(path)
+        fs.create_dir(posixpath.dirname(p), recursive=True)
+        with fs.open_output_stream(p) as fh:
+            fh.write(_shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed + shard))
+        return pa.table({"shard": pa.array([shard], pa.int32()), "path": [path], "rows": pa.array([table.num_rows], pa.int64())})
+
+    built = (
+        corpus.select("id", "vector", F.pmod(F.xxhash64("id"), F.lit(shards)).cast("int").alias("shard"))
+        .groupBy("shard").applyInArrow(build, "shard int, path string, rows bigint")
+        .orderBy("shard").collect()
+    )
+    log.info("%s: %d vectors in %d %s shards under %s", name, n, len(built), cfg.index, base)
+    return Corpus(paths=tuple(r["path"] for r in built))
+
+
+def _search(corpus: Corpus, k: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    faiss.omp_set_num_threads(1)  # one Spark task per core
+    batches = [b for b in batches if b.num_rows]
+    if not batches:
+        return
+    table = pa.Table.from_batches(batches)  # this partition's queries (bounded by the partitioning)
+    qids = table.column("query_id").to_numpy()
+    queries = normalise(_vectors(table))
+    excl_col = table.column("exclude").combine_chunks()
+    flat = np.asarray(pc.list_flatten(excl_col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    offsets = np.asarray(excl_col.offsets.to_numpy(), dtype=np.int64) - int(excl_col.offsets[0].as_py())
+    exclude = [flat[offsets[i]:offsets[i + 1]] for i in range(len(qids))]
+    rows, ids, scores = search_topk(corpus.shards(), queries, exclude, k)
+    # rank = position within each query's run of rows (rows are sorted by query, then rank)
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.empty(0, np.int64)
+    run_len = np.diff(np.r_[starts, len(rows)])
+    rank = np.arange(len(rows)) - np.repeat(starts, run_len) + 1
+    yield pa.RecordBatch.from_arrays(
+        [pa.array(qids[rows], pa.int64()), pa.array(rank, pa.int32()), pa.array(ids, pa.int64()),
+         pa.array(scores, pa.float32())], names=["query_id", "rank", "neighbour_id", "score"])
+
+
+def knn(queries: DataFrame, corpus: Corpus, k: int, partitions: int = 0) -> DataFrame:
+    """Top-k neighbours of each query (query_id, vector, exclude) in the prepared corpus."""
+    if partitions:
+        queries = queries.repartition(partitions, "query_id")
+    search: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]] = lambda it: _search(corpus, k, it)  # noqa: E731
+    return queries.select("query_id", "vector", "exclude").mapInArrow(search, RESULT_SCHEMA)

@@ -1,0 +1,88 @@
+"""Stage `augment`: sample weighted augmented positives into `augmented_positives`.
+
+Also records, per strategy, what a reviewer of the augmentation asks first: how many rows,
+how many distinct augmented items, what share of them is long-tail, and the score and weight
+distributions (log and metrics table).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from divspa.augment import candidates, sample
+from divspa.runtime import RunContext
+from divspa.stages import Stage
+from divspa.stages.retrieve import embeddings
+from divspa.stages.train_base import BASE_VERSION
+
+log = logging.getLogger(__name__)
+NAME = "augment"
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def augmented(ctx: RunContext, version: str) -> DataFrame:
+    acfg = ctx.cfg.augment
+    examples = ctx.read("train_examples")
+    positives = examples.where(~F.col("is_val")).select("user_id", "item_id").distinct()
+    seen = examples.select("user_id", "item_id").distinct()
+    nb = ctx.read("neighbours").where(F.col("model_version") == version)
+    cands = candidates(acfg, positives, seen, nb, seen, embeddings(ctx, "user_embeddings", "user_id", version),
+                       embeddings(ctx, "item_embeddings", "item_id", version))
+    rows = sample(cands, acfg, ctx.cfg.run.seed)
+    return rows.select("user_id", "item_id", "strategy", "aug_item_id", F.col("rank").cast("int").alias("rank"),
+                       "score", "weight", F.lit(acfg.sampler).alias("sampler"), F.lit(version).alias("model_version"),
+                       F.lit(ctx.run_id).alias("run_id"))
+
+
+def augmentation_stats(ctx: RunContext, aug: DataFrame) -> list[tuple[str, str, int | None, float]]:
+    """Per-strategy figures of the written table (reads it back: what was committed is measured)."""
+    counts = ctx.read("train_examples").groupBy("item_id").agg(F.count(F.lit(1)).alias("n"))
+    # Long tail: every item below the head, the head being the most clicked (1 - long_tail_share) of items.
+    ranked = counts.withColumn("_pr", F.percent_rank().over(Window.orderBy(F.col("n").desc(), F.col("item_id"))))
+    tail = ranked.where(F.col("_pr") >= 1 - ctx.cfg.augment.long_tail_share).select(F.col("item_id").alias("aug_item_id"))
+    tail = tail.withColumn("_tail", F.lit(1))
+    per = (
+        aug.join(tail, "aug_item_id", "left")
+        .groupBy("strategy")
+        .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("aug_item_id").alias("distinct_aug_items"),
+             F.avg(F.coalesce("_tail", F.lit(0))).alias("long_tail_share"),
+             F.countDistinct("user_id", "item_id").alias("positives"),
+             F.percentile_approx("score", list(QUANTILES), 10000).alias("score_q"),
+             F.percentile_approx("weight", list(QUANTILES), 10000).alias("weight_q"))
+        .collect()
+    )
+    rows: list[tuple[str, str, int | None, float]] = []
+    for r in sorted(per, key=lambda r: r["strategy"]):
+        s = r["strategy"]
+        rows += [(s, "rows", None, r["rows"]), (s, "distinct_aug_items", None, r["distinct_aug_items"]),
+                 (s, "long_tail_share", None, r["long_tail_share"]), (s, "positives", None, r["positives"])]
+        for q, sv, wv in zip(QUANTILES, r["score_q"], r["weight_q"], strict=True):
+            rows += [(s, f"score_p{int(q * 100)}", None, sv), (s, f"weight_p{int(q * 100)}", None, wv)]
+        log.info("augment %s: %d rows for %d positives, %d distinct items (%.1f%% long-tail), "
+                 "score p10/p50/p90 %s, weight p10/p50/p90 %s", s, r["rows"], r["positives"],
+                 r["distinct_aug_items"], 100 * r["long_tail_share"],
+                 [round(v, 3) for v in r["score_q"]], [round(v, 3) for v in r["weight_q"]])
+    return rows
+
+
+def augment(ctx: RunContext, stage: str, version: str) -> dict[str, Any]:
+    acfg = ctx.cfg.augment
+    if acfg.partitions:
+        ctx.spark.conf.set("spark.sql.shuffle.partitions", str(acfg.partitions))
+    result = ctx.write(stage, "augmented_positives", augmented(ctx, version),
+                       metadata={"divspa.model": version, "divspa.sampler": acfg.sampler})
+    stats = augmentation_stats(ctx, ctx.read("augmented_positives").where(F.col("model_version") == version))
+    ctx.write_metrics(stage, stats)
+    figures = {f"{m}.{n}": v for m, n, _, v in stats if n in ("rows", "distinct_aug_items", "long_tail_share")}
+    return {"model_version": version, "rows": result.rows, **figures}
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    return augment(ctx, NAME, BASE_VERSION)
+
+
+STAGE = Stage(NAME, ("augmented_positives",), run, "re-score and sample weighted augmented positives")

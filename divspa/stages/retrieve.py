@@ -1,0 +1,92 @@
+"""Stage `retrieve`: the teacher's top-k neighbours for u2i, i2i and u2u into `neighbours`.
+
+u2i: every user against the items, minus the user's train items (true top k after exclusion).
+i2i: every item that occurs as a train positive against the items, minus itself.
+u2u: every user against the users, minus itself (k_users neighbours).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from divspa.retrieval.spark_knn import knn, prepare_corpus
+from divspa.runtime import RunContext
+from divspa.stages import Stage
+from divspa.stages.train_base import BASE_VERSION
+
+log = logging.getLogger(__name__)
+NAME = "retrieve"
+
+
+def embeddings(ctx: RunContext, table: str, id_col: str, version: str) -> DataFrame:
+    df = ctx.warehouse.read(table, where={"run_id": ctx.run_id, "model_version": version})
+    return df.select(F.col(id_col).alias("id"), "vector")
+
+
+def neighbours(ctx: RunContext, version: str, scratch: str) -> DataFrame:
+    rcfg, seed = ctx.cfg.retrieve, ctx.cfg.run.seed
+    users = embeddings(ctx, "user_embeddings", "user_id", version)
+    items = embeddings(ctx, "item_embeddings", "item_id", version)
+    parts: list[DataFrame] = []
+    if {"u2i", "i2i"} & set(rcfg.strategies):
+        item_corpus = prepare_corpus(items, rcfg, scratch, "items", seed)
+    if "u2i" in rcfg.strategies:
+        seen = ctx.read("user_histories").select(F.col("user_id").alias("id"), F.col("train_items").alias("exclude"))
+        q = users.join(seen, "id", "left").select(
+            F.col("id").alias("query_id"), "vector",
+            F.coalesce("exclude", F.array().cast("array<bigint>")).alias("exclude"))
+        parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions).withColumn("strategy", F.lit("u2i")))
+    if "i2i" in rcfg.strategies:
+        positives = ctx.read("train_examples").select(F.col("item_id").alias("id")).distinct()
+        q = items.join(positives, "id", "left_semi").select(
+            F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
+        parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions).withColumn("strategy", F.lit("i2i")))
+    if "u2u" in rcfg.strategies:
+        user_corpus = prepare_corpus(users, rcfg, scratch, "users", seed)
+        q = users.select(F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
+        parts.append(knn(q, user_corpus, rcfg.k_users, rcfg.partitions).withColumn("strategy", F.lit("u2u")))
+    if not parts:
+        raise ValueError("retrieve.strategies is empty: nothing to retrieve")
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    return out.select("strategy", "query_id", "rank", "neighbour_id", "score",
+                      F.lit(version).alias("model_version"), F.lit(ctx.run_id).alias("run_id"))
+
+
+def _remove(uri: str) -> None:
+    if "://" not in uri:
+        shutil.rmtree(uri, ignore_errors=True)
+        return
+    fs, path = pafs.FileSystem.from_uri(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+def retrieve(ctx: RunContext, stage: str, version: str) -> dict[str, Any]:
+    out_dir = ctx.cfg.run.output_dir
+    root = out_dir if "://" in out_dir else str(Path(out_dir).resolve())
+    scratch = posixpath.join(root, "scratch", ctx.run_id, f"{stage}-{uuid.uuid4().hex[:8]}")
+    try:
+        result = ctx.write(stage, "neighbours", neighbours(ctx, version, scratch), metadata={"divspa.model": version})
+    finally:
+        _remove(scratch)
+    counts = {r["strategy"]: r["count"] for r in
+              ctx.read("neighbours").groupBy("strategy").count().collect()}
+    return {"model_version": version, "rows": result.rows, **{f"{k}_rows": v for k, v in sorted(counts.items())}}
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    return retrieve(ctx, NAME, BASE_VERSION)
+
+
+STAGE = Stage(NAME, ("neighbours",), run, "faiss top-k neighbours (u2i, i2i, u2u) of the teacher's vectors")

@@ -1,0 +1,127 @@
+"""Augmentation: exclusions, weights, partition independence and sampler distributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from divspa.augment import beta_rank_probs, sample
+from divspa.config import AugmentConfig
+from tests.conftest import rerun
+
+
+@pytest.fixture(scope="module")
+def augmented(trained):
+    rerun(trained, "retrieve")
+    rerun(trained, "augment")
+    return trained
+
+
+def test_neighbours_respect_exclusions(augmented):
+    nb = augmented.read("neighbours")
+    assert nb.where((F.col("strategy").isin("i2i", "u2u")) & (F.col("query_id") == F.col("neighbour_id"))).count() == 0
+    seen = augmented.read("split_clicks").where("split = 'train'").select(
+        F.col("user_id").alias("query_id"), F.col("item_id").alias("neighbour_id"))
+    assert nb.where("strategy = 'u2i'").join(seen, ["query_id", "neighbour_id"]).count() == 0
+    per_query = nb.groupBy("strategy", "query_id").agg(F.max("rank").alias("r"), F.count(F.lit(1)).alias("n"))
+    assert per_query.where("r != n").count() == 0
+    assert per_query.where("strategy = 'u2u' and n > 5").count() == 0
+    assert per_query.where("strategy != 'u2u' and n > 20").count() == 0
+
+
+def test_augmented_rows_are_valid(augmented):
+    aug = augmented.read("augmented_positives")
+    assert {r[0] for r in aug.select("strategy").distinct().collect()} == {"u2i", "i2i", "u2u2i"}
+    seen = augmented.read("split_clicks").where("split = 'train'").select(
+        "user_id", F.col("item_id").alias("aug_item_id"))
+    assert aug.join(seen, ["user_id", "aug_item_id"]).count() == 0  # neither v+ nor any train item of u
+    groups = aug.groupBy("user_id", "item_id", "strategy").agg(
+        F.sum("weight").alias("w"), F.count(F.lit(1)).alias("n"), F.max("rank").alias("r"))
+    assert groups.where(F.abs(F.col("w") - 1.0) > 1e-5).count() == 0
+    assert groups.where("n > 3").count() == 0 and groups.where("r > 10").count() == 0
+    assert aug.where("weight <= 0 or score > 1.0001").count() == 0
+
+
+def test_scores_are_the_teachers_cosine(augmented):
+    aug = augmented.read("augmented_positives").limit(50).collect()
+    users = {r["user_id"]: np.array(r["vector"]) for r in augmented.read("user_embeddings").collect()}
+    items = {r["item_id"]: np.array(r["vector"]) for r in augmented.read("item_embeddings").collect()}
+    for r in aug:
+        u, v = users[r["user_id"]], items[r["aug_item_id"]]
+        assert abs(r["score"] - u @ v / np.linalg.norm(u) / np.linalg.norm(v)) < 1e-5
+
+
+def rows(ctx):
+    return sorted(tuple(r) for r in ctx.read("augmented_positives").collect())
+
+
+def test_table_is_identical_with_1_3_and_8_partitions(augmented):
+    ctx = augmented
+    results = []
+    for parts in (1, 3, 8):
+        ctx.cfg.retrieve.partitions = parts
+        ctx.cfg.augment.partitions = parts
+        rerun(ctx, "retrieve")
+        rerun(ctx, "augment")
+        results.append(rows(ctx))
+    ctx.cfg.retrieve.partitions = ctx.cfg.augment.partitions = 0
+    ctx.spark.conf.set("spark.sql.shuffle.partitions", "4")
+    assert results[0] and results[0] == results[1] == results[2]
+
+
+def test_ablation_switches_strategies_off(augmented):
+    ctx = augmented
+    ctx.cfg.augment.strategies = ["i2i"]
+    try:
+        rerun(ctx, "augment")
+        assert {r[0] for r in ctx.read("augmented_positives").select("strategy").distinct().collect()} == {"i2i"}
+    finally:
+        ctx.cfg.augment.strategies = ["u2i", "i2i", "u2u2i"]
+        rerun(ctx, "augment")
+
+
+def synthetic_candidates(spark, groups: int, k: int):
+    scores = [0.9 - 0.08 * r for r in range(k)]  # rank 1 best
+    data = [(g, 1, "u2i", 1000 + r, r + 1, scores[r]) for g in range(groups) for r in range(k)]
+    return spark.createDataFrame(data, "user_id bigint, item_id bigint, strategy string, aug_item_id bigint, "
+                                       "rank int, score float"), np.array(scores)
+
+
+def chi_square(counts: np.ndarray, probs: np.ndarray) -> float:
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+# 99.9% quantile of chi-square with 9 degrees of freedom (k = 10 ranks).
+CHI2_9_999 = 27.877
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "importance", "beta"])
+def test_samplers_have_the_intended_distribution(spark, sampler):
+    k, groups = 10, 6000
+    cands, scores = synthetic_candidates(spark, groups, k)
+    cfg = AugmentConfig(k=k, m=1, sampler=sampler, beta_alpha=0.5)
+    picked = sample(cands, cfg, seed=11).groupBy("rank").count().collect()
+    counts = np.zeros(k)
+    for r in picked:
+        counts[r["rank"] - 1] = r["count"]
+    assert counts.sum() == groups
+    probs = {"uniform": np.full(k, 1 / k), "importance": scores / scores.sum(),
+             "beta": np.array(beta_rank_probs(k, 0.5)[k - 1])}[sampler]
+    assert chi_square(counts, probs) < CHI2_9_999
+    if sampler == "beta":  # Beta(0.5, 0.5) favours both ends of the ranking
+        assert counts[0] > counts[4] and counts[-1] > counts[5]
+
+
+def test_sampling_without_replacement_and_weights(spark):
+    cands, scores = synthetic_candidates(spark, 50, 10)
+    out = sample(cands, AugmentConfig(k=10, m=3), seed=1).collect()
+    by_group: dict[int, list] = {}
+    for r in out:
+        by_group.setdefault(r["user_id"], []).append(r)
+    for picks in by_group.values():
+        assert len(picks) == 3 and len({p["aug_item_id"] for p in picks}) == 3
+        total = sum(p["score"] for p in picks)
+        for p in picks:
+            assert abs(p["weight"] - p["score"] / total) < 1e-6

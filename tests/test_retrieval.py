@@ -1,0 +1,87 @@
+"""faiss top-k through Spark equals a numpy brute force, broadcast and sharded, with exclusions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from divspa.config import RetrieveConfig
+from divspa.retrieval.index import Shard, build_index, normalise, search_topk
+from divspa.retrieval.spark_knn import knn, prepare_corpus
+
+
+def brute_force(queries, qids, corpus, cids, exclude, k):
+    q, c = normalise(queries).astype(np.float64), normalise(corpus).astype(np.float64)
+    scores = q @ c.T
+    out = {}
+    for i, qid in enumerate(qids):
+        s = scores[i].astype(np.float32)
+        order = sorted((j for j in range(len(cids)) if cids[j] not in set(exclude[i])), key=lambda j: (-s[j], cids[j]))
+        out[int(qid)] = [(int(cids[j]), float(s[j])) for j in order[:k]]
+    return out
+
+
+def spark_frames(spark, qids, queries, exclude, cids, corpus):
+    q = spark.createDataFrame([(int(i), v.tolist(), [int(e) for e in ex]) for i, v, ex in zip(qids, queries, exclude, strict=True)],
+                              "query_id bigint, vector array<float>, exclude array<bigint>")
+    c = spark.createDataFrame([(int(i), v.tolist()) for i, v in zip(cids, corpus, strict=True)], "id bigint, vector array<float>")
+    return q, c
+
+
+@pytest.mark.parametrize("shards", [0, 3])
+@pytest.mark.parametrize("case", ["u2i", "i2i", "u2u"])
+def test_spark_topk_equals_brute_force(spark, tmp_path, shards, case):
+    rng = np.random.default_rng(0)
+    cids = rng.choice(100_000, 300, replace=False).astype(np.int64)
+    corpus = rng.normal(size=(300, 16)).astype(np.float32)
+    if case == "u2i":  # users against items, excluding long train histories
+        qids = np.arange(40, dtype=np.int64)
+        queries = rng.normal(size=(40, 16)).astype(np.float32)
+        exclude = [rng.choice(cids, size=int(rng.integers(0, 120)), replace=False) for _ in qids]
+    else:  # items against items / users against users: the query is in the corpus, excluded
+        pick = rng.choice(300, 40, replace=False)
+        qids, queries = cids[pick], corpus[pick]
+        exclude = [np.array([q]) for q in qids]
+    k = 7
+    q, c = spark_frames(spark, qids, queries, exclude, cids, corpus)
+    cfg = RetrieveConfig(shards=shards)
+    prepared = prepare_corpus(c, cfg, str(tmp_path / "scratch"), case, seed=1)
+    assert (prepared.broadcast is None) == (shards > 0)
+    got: dict[int, list] = {}
+    for r in knn(q, prepared, k, partitions=3).orderBy("query_id", "rank").collect():
+        got.setdefault(r["query_id"], []).append((r["neighbour_id"], r["score"]))
+    expected = brute_force(queries, qids, corpus, cids, exclude, k)
+    assert set(got) == set(expected)
+    for qid, rows in expected.items():
+        assert [i for i, _ in got[qid]] == [i for i, _ in rows]
+        assert np.allclose([s for _, s in got[qid]], [s for _, s in rows], atol=1e-6)
+        excluded = set(exclude[list(qids).index(qid)].tolist())
+        assert not excluded & {i for i, _ in got[qid]}
+
+
+def test_true_topk_survives_long_exclusion_lists():
+    rng = np.random.default_rng(3)
+    corpus = normalise(rng.normal(size=(500, 8)).astype(np.float32))
+    ids = np.arange(500, dtype=np.int64) * 10
+    shard = Shard(build_index(corpus, RetrieveConfig()), ids, corpus)
+    query = corpus[:1] + 0.01
+    ranked = np.argsort(-(corpus @ normalise(query)[0]))
+    exclude = [ids[ranked[:450]]]  # the best 450 items are all excluded
+    rows, got, _ = search_topk([shard], normalise(query), exclude, 10)
+    assert got.tolist() == ids[ranked[450:460]].tolist()
+
+
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+def test_approximate_indexes_have_high_recall(index):
+    rng = np.random.default_rng(5)
+    corpus = normalise(rng.normal(size=(5000, 16)).astype(np.float32))
+    queries = normalise(rng.normal(size=(200, 16)).astype(np.float32))
+    ids = np.arange(5000, dtype=np.int64)
+    exact = Shard(build_index(corpus, RetrieveConfig(index="flat")), ids, corpus)
+    approx = Shard(build_index(corpus, RetrieveConfig(index=index, ivf_nprobe=32), seed=1), ids, corpus)
+    no_excl = [np.empty(0, np.int64)] * 200
+    _, truth, _ = search_topk([exact], queries, no_excl, 10)
+    _, found, _ = search_topk([approx], queries, no_excl, 10)
+    recall = len(set(zip(np.repeat(np.arange(200), 10), truth, strict=True))
+                 & set(zip(np.repeat(np.arange(200), 10), found, strict=True))) / len(truth)
+    assert recall > 0.9
