@@ -107,11 +107,12 @@ def sample(candidates: DataFrame, cfg: AugmentConfig, seed: int) -> DataFrame:
 
 
 def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighbours: DataFrame,
-               train_clicks: DataFrame, user_vecs: DataFrame, item_vecs: DataFrame) -> DataFrame:
+               peer_clicks: DataFrame, user_vecs: DataFrame, item_vecs: DataFrame) -> DataFrame:
     """Top-k re-scored candidates per (user, positive, strategy) for the enabled strategies.
 
     positives: (user_id, item_id) train positives; seen: (user_id, item_id) every train click;
-    neighbours: (strategy, query_id, neighbour_id); *_vecs: (id, vector) of the teacher.
+    neighbours: (strategy, query_id, neighbour_id); peer_clicks: (user_id, item_id) clicks that u2u
+    neighbours contribute to u2u2i; *_vecs: (id, vector) of the teacher.
     """
     seen_pairs = seen.select("user_id", F.col("item_id").alias("aug_item_id"))
 
@@ -123,7 +124,7 @@ def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighb
     if "u2u2i" in cfg.strategies:
         similar = neighbours.where(F.col("strategy") == "u2u").select(
             F.col("query_id").alias("user_id"), F.col("neighbour_id").alias("_peer"))
-        clicks = train_clicks.select(F.col("user_id").alias("_peer"), F.col("item_id").alias("aug_item_id"))
+        clicks = peer_clicks.select(F.col("user_id").alias("_peer"), F.col("item_id").alias("aug_item_id"))
         per_user.append(similar.join(clicks, "_peer").select("user_id", "aug_item_id", F.lit("u2u2i").alias("strategy"))
                         .distinct())
     for df in per_user:
@@ -135,8 +136,9 @@ def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighb
             F.col("query_id").alias("item_id"), F.col("neighbour_id").alias("aug_item_id"))
         pairs = positives.join(similar, "item_id").join(seen_pairs, ["user_id", "aug_item_id"], "left_anti")
         parts.append(top_k(rescore(pairs.withColumn("strategy", F.lit("i2i")), user_vecs, item_vecs), GROUP, cfg.k))
-    if not parts:
-        raise ValueError("augment.strategies is empty: nothing to augment")
+    if not parts:  # every strategy ablated
+        return positives.select("user_id", "item_id", F.lit("").alias("strategy"), F.lit(0).cast("bigint").alias(
+            "aug_item_id"), F.lit(0).alias("rank"), F.lit(0.0).cast("float").alias("score")).limit(0)
     out = parts[0].select("user_id", "item_id", "strategy", "aug_item_id", "rank", "score")
     for p in parts[1:]:
         out = out.unionByName(p.select("user_id", "item_id", "strategy", "aug_item_id", "rank", "score"))

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("table")
     p.add_argument("--limit", type=int, default=20)
+    p = sub.add_parser("sql", help="run Spark SQL over the warehouse's tables, by name")
+    _common(p)
+    p.add_argument("query", help='e.g. "SELECT strategy, count(*) FROM augmented_positives GROUP BY 1"')
+    p.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
     return parser
 
 
@@ -57,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = _config(args)
-        if args.command in ("tables", "history"):
+        if args.command in ("tables", "history", "sql"):
             return _inspect(args, cfg)
         stages = args.stages.split(",") if getattr(args, "stages", None) else None
         if stages:
@@ -90,6 +94,30 @@ def _print_summary(ctx: RunContext, stats: dict) -> None:
             figures = ", ".join(f"{k}={v}" for k, v in info.items() if k != "wall_s" and not isinstance(v, dict))
             print(f"  {stage.name:<12} {info['wall_s']:>7.1f}s  {figures}")
     print(f"  logs and resolved configs: {ctx.cfg.run_dir}")
+    _print_comparison(ctx)
+
+
+def _print_comparison(ctx: RunContext) -> None:
+    """Base vs DivSPA (and popularity) side by side, from the metrics table."""
+    wh = ctx.warehouse
+    if not wh.exists("metrics"):
+        return
+    rows = ctx.read("metrics").where("stage = 'evaluate'").collect()
+    if not rows:
+        return
+    get = {(r["model"], r["metric"], r["k"]): r["value"] for r in rows}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    ks = sorted({r["k"] for r in rows if r["metric"] == "hr"})
+    dks = sorted({r["k"] for r in rows if r["metric"] == "distinct_items"})
+    cols = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + [f"distinct@{k}" for k in dks]
+    print("\n" + f"{'model':<12}" + "".join(f"{c:>14}" for c in cols))
+    for m in models:
+        vals = [get.get((m, "hr", k)) for k in ks] + [get.get((m, "ndcg", k)) for k in ks]
+        vals += [get.get((m, "distinct_items", k)) for k in dks]
+        print(f"{m:<12}" + "".join(f"{v:>14.4f}" if v is not None and v < 1.0 else f"{v or 0:>14,.0f}" for v in vals))
+    report = ctx.cfg.run_dir / "report.html"
+    if report.is_file():
+        print(f"\nreport: {report}")
 
 
 def _inspect(args: argparse.Namespace, cfg: Config) -> int:
@@ -108,6 +136,8 @@ def _inspect(args: argparse.Namespace, cfg: Config) -> int:
             last = wh.history(name, 1)[0]
             print(f"{name:<22} {wh.version(name):>7} {wh.row_count(name):>12,}  {_ts(last)} {last.get('operation')}")
         return 0
+    if args.command == "sql":
+        return _sql(wh, args.query, args.limit)
     if not wh.exists(args.table):
         print(f"divspa: no table {args.table!r} under {wh.root} (have: {', '.join(wh.tables()) or 'none'})",
               file=sys.stderr)
@@ -116,6 +146,37 @@ def _inspect(args: argparse.Namespace, cfg: Config) -> int:
         extra = {k: v for k, v in h.items() if k.startswith("divspa.")}
         print(f"v{h.get('version'):<5} {_ts(h)} {h.get('operation'):<14} {extra}")
     return 0
+
+
+def _sql(wh, query: str, limit: int) -> int:
+    from pyspark.errors import PySparkException
+
+    for name in wh.tables():  # every table by its name, at its current version
+        wh.read(name).createOrReplaceTempView(name)
+    try:
+        df = wh.spark.sql(query)
+        rows = df.limit(limit + 1).collect()
+    except PySparkException as exc:
+        print(f"divspa: SQL error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    cols = df.columns
+    cells = [[_cell(r[c]) for c in cols] for r in rows[:limit]]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    more = " (more rows not shown: --limit)" if len(rows) > limit else ""
+    print(f"({min(len(rows), limit)} rows{more})")
+    return 0
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list) and len(value) > 8:
+        return "[" + ", ".join(map(_cell, value[:8])) + f", ... ({len(value)} items)]"
+    return "NULL" if value is None else str(value)
 
 
 def _ts(entry: dict) -> str:

@@ -160,7 +160,7 @@ class ExportConfig:
 
 @dataclass
 class RetrieveConfig:
-    strategies: list[Literal["u2i", "i2i", "u2u"]] = _opt(["u2i", "i2i", "u2u"])
+    # Which neighbour lists are built follows augment.strategies (u2u2i needs u2u).
     k: int = _opt(50, ge=1)  # neighbours kept per query for u2i and i2i
     k_users: int = _opt(20, ge=1)  # k_u: neighbours kept per user for u2u
     index: Literal["flat", "ivf", "hnsw"] = "flat"
@@ -177,9 +177,13 @@ class RetrieveConfig:
 
 @dataclass
 class AugmentConfig:
-    strategies: list[Literal["u2i", "i2i", "u2u2i"]] = _opt(["u2i", "i2i", "u2u2i"])  # ablations drop some
+    # Ablations drop some; with none the student trains on Eq. 1 alone, i.e. it is the base model.
+    strategies: list[Literal["u2i", "i2i", "u2u2i"]] = _opt(["u2i", "i2i", "u2u2i"])
     k: int = _opt(20, ge=1)  # candidates kept per strategy after the teacher's re-scoring
     m: int = _opt(3, ge=1)  # sampled per strategy (paper: 3)
+    # u2u2i candidates: each similar user's recent clicks (their last model.history_len train clicks)
+    # or all of them. On dense logs "all" covers most of the catalogue and u2u2i collapses into u2i.
+    peer_clicks: Literal["recent", "all"] = "recent"
     sampler: Literal["uniform", "importance", "beta"] = "importance"
     beta_alpha: float = _opt(0.5, gt=0)
     min_score: float = _opt(1e-6, gt=0)  # scores are floored here for sampling probabilities and weights
@@ -188,8 +192,16 @@ class AugmentConfig:
 
 
 @dataclass
+class DivspaConfig:
+    beta: float = _opt(0.5, ge=0)  # weight of the augmented positives' losses (Eq. 3) or vectors (Eq. 2)
+    mixup: Literal["output", "representation"] = "output"  # Eq. 3 (the paper's choice) or Eq. 2
+    rounds: int = _opt(1, ge=1)  # rounds of self-distillation: each student teaches the next
+
+
+@dataclass
 class EvalConfig:
     ks: list[int] = _opt([50, 100, 200])
+    diversity_ks: list[int] = _opt([100, 500, 1000])  # distinct items in the union of top-K lists
     max_users: int | None = _opt(None, ge=1)  # evaluate on at most this many test users (hash-sampled)
     batch_size: int = _opt(512, ge=1)
 
@@ -207,6 +219,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    divspa: DivspaConfig = field(default_factory=DivspaConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property

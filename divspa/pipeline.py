@@ -7,13 +7,24 @@ from typing import Any
 
 from divspa.config import ConfigError
 from divspa.runtime import RunContext
-from divspa.stages import Stage, augment, evaluate, export, ingest, prepare, retrieve, split, train_base
+from divspa.stages import (
+    Stage,
+    augment,
+    evaluate,
+    export,
+    ingest,
+    prepare,
+    retrieve,
+    split,
+    train_base,
+    train_divspa,
+)
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[Stage, ...] = (
     ingest.STAGE, split.STAGE, prepare.STAGE, train_base.STAGE, export.STAGE, retrieve.STAGE, augment.STAGE,
-    evaluate.STAGE,
+    train_divspa.STAGE, evaluate.STAGE,
 )
 BY_NAME = {s.name: s for s in STAGES}
 

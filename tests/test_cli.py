@@ -9,7 +9,12 @@ from divspa.cli import main
 from divspa.delta import Warehouse
 
 TINY = ["synthetic.num_users=300", "synthetic.num_items=120", "synthetic.mean_clicks_per_user=12",
-        "synthetic.partitions=2", "spark.master=local[2]", "spark.shuffle_partitions=4"]
+        "synthetic.partitions=2", "spark.master=local[2]", "spark.shuffle_partitions=4", "train.epochs=2",
+        "train.num_negatives=30", "model.history_len=5", "retrieve.k=20", "retrieve.k_users=5", "augment.k=10",
+        "eval.ks=[10,20]", "eval.diversity_ks=[20,50]"]
+ALL_TABLES = {"clicks", "clicks_quarantine", "user_features", "item_features", "split_clicks", "train_examples",
+              "user_histories", "metrics", "user_embeddings", "item_embeddings", "neighbours", "augmented_positives",
+              "divspa_examples"}
 
 
 def args(tmp_path, *extra: str) -> list[str]:
@@ -24,12 +29,18 @@ def versions(spark, tmp_path) -> dict[str, int]:
     return {t: wh.version(t) for t in wh.tables()}
 
 
-def test_run_is_resumable_and_idempotent(spark, tmp_path, capsys):
+def test_full_pipeline_is_resumable_and_idempotent(spark, tmp_path, capsys):
+    # A failure part-way (here: a stage list that stops after augment) leaves a resumable run.
+    assert main(["run", *args(tmp_path, "--stages", "ingest,split,prepare,train_base,export,retrieve,augment")]) == 0
+    partial = versions(spark, tmp_path)
+    capsys.readouterr()
     assert main(["run", *args(tmp_path)]) == 0
     first = versions(spark, tmp_path)
-    assert set(first) == {"clicks", "clicks_quarantine", "user_features", "item_features", "split_clicks"}
+    assert set(first) == ALL_TABLES
+    assert all(first[t] == v for t, v in partial.items() if t != "metrics")  # done stages were not redone
     out = capsys.readouterr().out
-    assert "ingest" in out and "split" in out
+    assert "train_divspa" in out and "divspa-1" in out and "base" in out and "popularity" in out
+    assert "report:" in out and (tmp_path / "runs" / "r1" / "report.html").is_file()
 
     # Same run id again: every stage is skipped and no table gets a new version.
     assert main(["run", *args(tmp_path)]) == 0
@@ -45,7 +56,7 @@ def test_run_is_resumable_and_idempotent(spark, tmp_path, capsys):
 
     # A resolved config and a log are saved for every command.
     run_dir = tmp_path / "runs" / "r1"
-    assert len(list(run_dir.glob("*-run.config.yaml"))) == 2
+    assert len(list(run_dir.glob("*-run.config.yaml"))) == 3
     assert list(run_dir.glob("*-split.log"))
 
     assert main(["tables", *args(tmp_path)]) == 0
@@ -53,6 +64,12 @@ def test_run_is_resumable_and_idempotent(spark, tmp_path, capsys):
     assert "split_clicks" in listing and "clicks_quarantine" in listing
     assert main(["history", "clicks", *args(tmp_path)]) == 0
     assert "divspa.stage" in capsys.readouterr().out
+    query = "SELECT strategy, count(*) AS n, round(sum(weight)) AS w FROM augmented_positives GROUP BY 1 ORDER BY 1"
+    assert main(["sql", query, *args(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "i2i" in out and "u2u2i" in out and "(3 rows)" in out
+    assert main(["sql", "SELECT nope FROM clicks", *args(tmp_path)]) == 1
+    assert "SQL error" in capsys.readouterr().err
 
 
 def test_bad_config_exits_2_with_the_key(tmp_path, capsys):

@@ -49,6 +49,11 @@ class Vocab:
         flat = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.int64)
         return _pad(self.item_index(flat), _offsets(lists), width, keep)
 
+    def float_lists(self, lists: pa.Array, width: int) -> torch.Tensor:
+        """A list<float> column (e.g. weights aligned with item_lists(keep="first")) as [rows, width]."""
+        flat = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.float32)
+        return _pad(flat, _offsets(lists), width, "first")
+
     def user_token_lists(self, lists: pa.Array, width: int) -> torch.Tensor:
         return _tokens(lists, self._user_set, width)
 
@@ -72,7 +77,7 @@ def _pad(values: np.ndarray, offsets: np.ndarray, width: int, keep: str) -> torc
     """Scatter ragged rows (values split at offsets) into a zero-padded [rows, width] matrix."""
     rows = len(offsets) - 1
     lengths = np.diff(offsets)
-    out = np.zeros((rows, width), dtype=np.int64)
+    out = np.zeros((rows, width), dtype=values.dtype if values.dtype.kind == "f" else np.int64)
     if len(values):
         row = np.repeat(np.arange(rows), lengths)
         col = np.arange(len(values)) - np.repeat(offsets[:-1], lengths)

@@ -41,6 +41,21 @@ class EvalResult:
         out.append((model, "test_users", None, float(self.users)))
         return out
 
+    def diversity_rows(self, model: str, long_tail: np.ndarray) -> list[tuple[str, str, int | None, float]]:
+        """Distinct items in the union of the test users' top-K lists, coverage, Gini, long-tail share.
+
+        long_tail[i] is True when item index i is long-tail (index 0, padding, is never counted).
+        """
+        out: list[tuple[str, str, int | None, float]] = []
+        for k, counts in sorted(self.topk_items.items()):
+            exposure = counts[1:]
+            distinct = int((exposure > 0).sum())
+            out += [(model, "distinct_items", k, float(distinct)),
+                    (model, "coverage", k, distinct / max(len(exposure), 1)),
+                    (model, "gini", k, gini(exposure)),
+                    (model, "long_tail_share", k, float(exposure[long_tail[1:]].sum() / max(exposure.sum(), 1)))]
+        return out
+
     def metric(self, name: str, k: int) -> float:
         table = self.hits if name == "hr" else self.ndcg
         return table[k] / max(self.pairs, 1)
@@ -68,11 +83,14 @@ def popularity_scorer(item_counts: torch.Tensor) -> Scorer:
     return score
 
 
-def evaluate(scorer: Scorer, tables: Iterable[pa.Table], vocab: Vocab, ks: list[int]) -> EvalResult:
+def evaluate(scorer: Scorer, tables: Iterable[pa.Table], vocab: Vocab, ks: list[int],
+             diversity_ks: list[int] | None = None) -> EvalResult:
+    """Accuracy at `ks`; exposure counts of the top-K lists at `ks` and `diversity_ks` (capped at the catalogue)."""
     ks = sorted(set(min(k, vocab.num_items) for k in ks))
-    kmax = ks[-1]
+    exposure_ks = sorted(set(ks) | {min(k, vocab.num_items) for k in diversity_ks or []})
+    kmax = exposure_ks[-1]
     result = EvalResult(hits={k: 0.0 for k in ks}, ndcg={k: 0.0 for k in ks},
-                        topk_items={k: np.zeros(vocab.num_items + 1, dtype=np.int64) for k in ks})
+                        topk_items={k: np.zeros(vocab.num_items + 1, dtype=np.int64) for k in exposure_ks})
     discount = 1.0 / torch.log2(torch.arange(2, kmax + 2, dtype=torch.float64))
     for table in tables:
         table = table.filter(pc.greater(pc.list_value_length(table.column("test_items")), 0))
@@ -97,6 +115,7 @@ def evaluate(scorer: Scorer, tables: Iterable[pa.Table], vocab: Vocab, ks: list[
             hit = found & (rank < k)
             result.hits[k] += float(hit.sum())
             result.ndcg[k] += float(discount[rank[hit]].sum())
+        for k in exposure_ks:
             np.add.at(result.topk_items[k], top[:, :k].reshape(-1).numpy(), 1)
         result.pairs += int(items.shape[0])
         result.users += table.num_rows
@@ -110,3 +129,15 @@ def gini(counts: np.ndarray) -> float:
         return math.nan
     n = len(x)
     return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
+
+
+def long_tail_mask(item_counts: torch.Tensor | np.ndarray, share: float) -> np.ndarray:
+    """[num_items + 1] booleans: item index i is long-tail when it is not among the most clicked
+    (1 - share) of items (ties broken by index); index 0 (padding) is False."""
+    counts = np.asarray(item_counts, dtype=np.int64)
+    order = np.lexsort((np.arange(len(counts)), -counts))  # most clicked first
+    head = int(round((1 - share) * len(counts)))
+    mask = np.ones(len(counts) + 1, dtype=bool)
+    mask[0] = False
+    mask[order[:head] + 1] = False
+    return mask

@@ -21,8 +21,9 @@ import torch
 
 from divspa.config import Config
 from divspa.models.checkpoint import ModelBundle
-from divspa.models.data import encode_examples, encode_users, stream_tables
+from divspa.models.data import encode_examples, encode_users
 from divspa.models.loss import NegativeSampler, sampled_softmax_loss
+from divspa.reader import stream_tables
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class Progress:
 class Trainer:
     columns = ["user_id", "item_id", "history", "user_features"]
 
-    def __init__(self, cfg: Config, bundle: ModelBundle, dataset: pads.Dataset, run_id: str) -> None:
+    def __init__(self, cfg: Config, bundle: ModelBundle, dataset: pads.Dataset, run_id: str,
+                 where: dict[str, str] | None = None) -> None:
         self.cfg = cfg
         self.tcfg = cfg.train
         self.bundle = bundle
@@ -92,6 +94,8 @@ class Trainer:
         self.use_logq = self.tcfg.logq_correction and self.tcfg.negative_sampler != "uniform"
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
         run = pads.field("run_id") == run_id
+        for key, value in (where or {}).items():
+            run = run & (pads.field(key) == value)
         self.train_filter = run & (pads.field("is_val") == False)  # noqa: E712 (Arrow expression)
         self.val_filter = run & (pads.field("is_val") == True)  # noqa: E712
         self.train_rows = dataset.count_rows(filter=self.train_filter)

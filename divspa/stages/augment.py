@@ -30,7 +30,11 @@ def augmented(ctx: RunContext, version: str) -> DataFrame:
     positives = examples.where(~F.col("is_val")).select("user_id", "item_id").distinct()
     seen = examples.select("user_id", "item_id").distinct()
     nb = ctx.read("neighbours").where(F.col("model_version") == version)
-    cands = candidates(acfg, positives, seen, nb, seen, embeddings(ctx, "user_embeddings", "user_id", version),
+    if acfg.peer_clicks == "recent":
+        peers = ctx.read("user_histories").select("user_id", F.explode("history").alias("item_id")).distinct()
+    else:
+        peers = seen
+    cands = candidates(acfg, positives, seen, nb, peers, embeddings(ctx, "user_embeddings", "user_id", version),
                        embeddings(ctx, "item_embeddings", "item_id", version))
     rows = sample(cands, acfg, ctx.cfg.run.seed)
     return rows.select("user_id", "item_id", "strategy", "aug_item_id", F.col("rank").cast("int").alias("rank"),
@@ -73,7 +77,7 @@ def augment(ctx: RunContext, stage: str, version: str) -> dict[str, Any]:
     acfg = ctx.cfg.augment
     if acfg.partitions:
         ctx.spark.conf.set("spark.sql.shuffle.partitions", str(acfg.partitions))
-    result = ctx.write(stage, "augmented_positives", augmented(ctx, version),
+    result = ctx.write(stage, "augmented_positives", augmented(ctx, version), partition={"model_version": version},
                        metadata={"divspa.model": version, "divspa.sampler": acfg.sampler})
     stats = augmentation_stats(ctx, ctx.read("augmented_positives").where(F.col("model_version") == version))
     ctx.write_metrics(stage, stats)

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from divspa.retrieval.spark_knn import knn, prepare_corpus
 from divspa.runtime import RunContext
+from divspa.schemas import load_schema
 from divspa.stages import Stage
 from divspa.stages.train_base import BASE_VERSION
 
@@ -34,28 +35,30 @@ def embeddings(ctx: RunContext, table: str, id_col: str, version: str) -> DataFr
 
 def neighbours(ctx: RunContext, version: str, scratch: str) -> DataFrame:
     rcfg, seed = ctx.cfg.retrieve, ctx.cfg.run.seed
+    needed = {"u2i": "u2i", "i2i": "i2i", "u2u2i": "u2u"}
+    strategies = {needed[s] for s in ctx.cfg.augment.strategies}
     users = embeddings(ctx, "user_embeddings", "user_id", version)
     items = embeddings(ctx, "item_embeddings", "item_id", version)
     parts: list[DataFrame] = []
-    if {"u2i", "i2i"} & set(rcfg.strategies):
+    if {"u2i", "i2i"} & set(strategies):
         item_corpus = prepare_corpus(items, rcfg, scratch, "items", seed)
-    if "u2i" in rcfg.strategies:
+    if "u2i" in strategies:
         seen = ctx.read("user_histories").select(F.col("user_id").alias("id"), F.col("train_items").alias("exclude"))
         q = users.join(seen, "id", "left").select(
             F.col("id").alias("query_id"), "vector",
             F.coalesce("exclude", F.array().cast("array<bigint>")).alias("exclude"))
         parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions).withColumn("strategy", F.lit("u2i")))
-    if "i2i" in rcfg.strategies:
+    if "i2i" in strategies:
         positives = ctx.read("train_examples").select(F.col("item_id").alias("id")).distinct()
         q = items.join(positives, "id", "left_semi").select(
             F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
         parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions).withColumn("strategy", F.lit("i2i")))
-    if "u2u" in rcfg.strategies:
+    if "u2u" in strategies:
         user_corpus = prepare_corpus(users, rcfg, scratch, "users", seed)
         q = users.select(F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
         parts.append(knn(q, user_corpus, rcfg.k_users, rcfg.partitions).withColumn("strategy", F.lit("u2u")))
-    if not parts:
-        raise ValueError("retrieve.strategies is empty: nothing to retrieve")
+    if not parts:  # every strategy ablated: an empty neighbour list for this teacher
+        return ctx.spark.createDataFrame([], load_schema("neighbours").spark)
     out = parts[0]
     for p in parts[1:]:
         out = out.unionByName(p)
@@ -77,11 +80,12 @@ def retrieve(ctx: RunContext, stage: str, version: str) -> dict[str, Any]:
     root = out_dir if "://" in out_dir else str(Path(out_dir).resolve())
     scratch = posixpath.join(root, "scratch", ctx.run_id, f"{stage}-{uuid.uuid4().hex[:8]}")
     try:
-        result = ctx.write(stage, "neighbours", neighbours(ctx, version, scratch), metadata={"divspa.model": version})
+        result = ctx.write(stage, "neighbours", neighbours(ctx, version, scratch), partition={"model_version": version},
+                           metadata={"divspa.model": version})
     finally:
         _remove(scratch)
-    counts = {r["strategy"]: r["count"] for r in
-              ctx.read("neighbours").groupBy("strategy").count().collect()}
+    counts = {r["strategy"]: r["count"] for r in ctx.read("neighbours").where(F.col("model_version") == version)
+              .groupBy("strategy").count().collect()}
     return {"model_version": version, "rows": result.rows, **{f"{k}_rows": v for k, v in sorted(counts.items())}}
 
 

@@ -1,0 +1,131 @@
+"""The run's self-contained HTML report: metrics side by side, augmentation and diversity plots.
+
+Everything comes from the run's Delta tables (metrics, augmented_positives), so the report can
+be rebuilt at any time and says nothing the tables do not. Charts are inline SVG: the file
+opens anywhere, offline, with no plotting library installed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from pathlib import Path
+
+from pyspark.sql import functions as F
+
+from divspa.runtime import RunContext
+
+PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d"]
+BINS = 20
+
+
+def _bars(title: str, categories: list[str], series: dict[str, list[float]], fmt: str = "{:.3f}") -> str:
+    """A grouped bar chart: one group per category, one bar per series."""
+    w, h, pad = 640, 260, 40
+    top = max([v for vals in series.values() for v in vals] + [1e-12])
+    group_w = (w - 2 * pad) / max(len(categories), 1)
+    bar_w = group_w * 0.8 / max(len(series), 1)
+    parts = [f'<svg width="{w}" height="{h + 60}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
+             f'<text x="{pad}" y="14" font-weight="bold">{html.escape(title)}</text>',
+             f'<line x1="{pad}" y1="{h}" x2="{w - pad}" y2="{h}" stroke="#333"/>']
+    for ci, cat in enumerate(categories):
+        x0 = pad + ci * group_w + group_w * 0.1
+        for si, (name, vals) in enumerate(series.items()):
+            v = vals[ci]
+            bh = (h - 30) * v / top
+            x = x0 + si * bar_w
+            parts.append(f'<rect x="{x:.1f}" y="{h - bh:.1f}" width="{bar_w - 1:.1f}" height="{bh:.1f}" '
+                         f'fill="{PALETTE[si % len(PALETTE)]}"><title>{html.escape(name)} {html.escape(cat)}: '
+                         f'{fmt.format(v)}</title></rect>')
+        parts.append(f'<text x="{x0 + group_w * 0.4:.1f}" y="{h + 14}" text-anchor="middle">{html.escape(cat)}</text>')
+    for si, name in enumerate(series):
+        parts.append(f'<rect x="{pad + si * 140}" y="{h + 30}" width="10" height="10" fill="{PALETTE[si % len(PALETTE)]}"/>'
+                     f'<text x="{pad + si * 140 + 14}" y="{h + 39}">{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 1000 or float(v).is_integer() else f"{v:.4f}"
+
+
+def write_report(ctx: RunContext) -> Path:
+    metrics = [r.asDict() for r in ctx.read("metrics").collect()]  # one run's figures: a few hundred rows
+    ev = [m for m in metrics if m["stage"] == "evaluate"]
+    models = list(dict.fromkeys(m["model"] for m in ev))
+    get = {(m["model"], m["metric"], m["k"]): m["value"] for m in ev}
+    sections: list[str] = []
+
+    ks = sorted({m["k"] for m in ev if m["metric"] == "hr"})
+    acc_rows = [[mod, *[_fmt(get.get((mod, met, k))) for met in ("hr", "ndcg") for k in ks]] for mod in models]
+    sections.append("<h2>Accuracy (test pairs, train items masked)</h2>" + _table(
+        ["model", *[f"{met.upper()}@{k}" for met in ("hr", "ndcg") for k in ks]], acc_rows))
+    for met in ("hr", "ndcg"):
+        sections.append(_bars(f"{met.upper()}@K", [f"@{k}" for k in ks],
+                              {mod: [get.get((mod, met, k)) or 0.0 for k in ks] for mod in models}))
+
+    dks = sorted({m["k"] for m in ev if m["metric"] == "distinct_items"})
+    div_rows = [[mod, *[_fmt(get.get((mod, met, k))) for k in dks for met in ("distinct_items", "coverage", "gini",
+                                                                              "long_tail_share")]] for mod in models]
+    sections.append("<h2>Diversity of the test users' top-K lists</h2>" + _table(
+        ["model", *[f"{met}@{k}" for k in dks for met in ("distinct", "coverage", "gini", "long-tail")]], div_rows))
+    sections.append(_bars("distinct items in the union of top-K lists", [f"@{k}" for k in dks],
+                          {mod: [get.get((mod, "distinct_items", k)) or 0.0 for k in dks] for mod in models}, "{:,.0f}"))
+
+    aug_stats = [m for m in metrics if m["stage"] == "augment"]
+    strategies = sorted({m["model"] for m in aug_stats})
+    if strategies:
+        aget = {(m["model"], m["metric"]): m["value"] for m in aug_stats}
+        sections.append("<h2>Augmentation by strategy (teacher: base)</h2>" + _table(
+            ["strategy", "rows", "positives", "distinct items", "long-tail share", "score p10/p50/p90",
+             "weight p10/p50/p90"],
+            [[s, _fmt(aget.get((s, "rows"))), _fmt(aget.get((s, "positives"))), _fmt(aget.get((s, "distinct_aug_items"))),
+              _fmt(aget.get((s, "long_tail_share"))),
+              " / ".join(_fmt(aget.get((s, f"score_p{q}"))) for q in (10, 50, 90)),
+              " / ".join(_fmt(aget.get((s, f"weight_p{q}"))) for q in (10, 50, 90))] for s in strategies]))
+        sections.append(_bars("augmented rows and distinct items", ["rows", "distinct items"],
+                              {s: [aget.get((s, "rows")) or 0.0, aget.get((s, "distinct_aug_items")) or 0.0]
+                               for s in strategies}, "{:,.0f}"))
+        aug = ctx.read("augmented_positives").where(F.col("model_version") == "base")
+        for col, lo, hi in (("score", -1.0, 1.0), ("weight", 0.0, 1.0)):
+            binned = aug.select("strategy", F.least(F.floor((F.col(col) - lo) / (hi - lo) * BINS), F.lit(BINS - 1))
+                                .cast("int").alias("b")).groupBy("strategy", "b").count().collect()
+            hist = {s: [0.0] * BINS for s in strategies}
+            for r in binned:
+                if r["strategy"] in hist and r["b"] is not None and 0 <= r["b"] < BINS:
+                    hist[r["strategy"]][r["b"]] = float(r["count"])
+            labels = [f"{lo + (hi - lo) * (i + 0.5) / BINS:.2f}" for i in range(BINS)]
+            sections.append(_bars(f"{col} distribution (rows per bin)", labels, hist, "{:,.0f}"))
+
+    train = [m for m in metrics if m["stage"] == "train_base" or m["stage"].endswith(".train")]
+    tget = {(m["model"], m["metric"]): m["value"] for m in train}
+    tmodels = list(dict.fromkeys(m["model"] for m in train))
+    if tmodels:
+        sections.append("<h2>Training</h2>" + _table(
+            ["model", "val HR", "best epoch", "epochs run", "examples/s", "wall s"],
+            [[mod, *[_fmt(tget.get((mod, met))) for met in ("val_hr", "best_epoch", "epochs_run", "examples_per_s",
+                                                            "train_wall_s")]] for mod in tmodels]))
+
+    cfg = ctx.cfg
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>divspa run {html.escape(ctx.run_id)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+svg{{margin:0.5em 1em 0.5em 0}}</style></head><body>
+<h1>divspa run {html.escape(ctx.run_id)}</h1>
+<p>Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from the run's Delta tables under
+<code>{html.escape(ctx.warehouse.root)}</code>. Source: {html.escape(cfg.source.format)}; sampler
+{html.escape(cfg.augment.sampler)}, k={cfg.augment.k}, m={cfg.augment.m}, beta={cfg.divspa.beta},
+mix-up in {html.escape(cfg.divspa.mixup)} space, strategies {html.escape(", ".join(cfg.augment.strategies) or "none")}.</p>
+{"".join(sections)}
+</body></html>"""
+    path = cfg.run_dir / "report.html"
+    path.write_text(page)
+    return path
