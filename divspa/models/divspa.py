@@ -54,8 +54,7 @@ class DivspaTrainer(Trainer):
         neg_idx = self.sampler.sample(self.tcfg.num_negatives).to(dev)
         neg_logq, pos_logq = self._logq(pos_idx, neg_idx)
         aug_logq = self.sampler.logq_table.to(dev)[aug_idx] if pos_logq is not None else None
-        b, a = aug_idx.shape
-        aug = self.model.item_vectors(aug_idx.reshape(-1)).reshape(b, a, -1)
-        loss = mixup_loss(user, self.model.item_vectors(pos_idx), aug, self.model.item_vectors(neg_idx), pos_idx,
-                          aug_idx, aug_w, neg_idx, self.model.omega, cfg.beta, cfg.mixup, neg_logq, pos_logq, aug_logq)
+        pos, aug, neg = self.item_vectors(pos_idx, aug_idx, neg_idx)
+        loss = mixup_loss(user, pos, aug, neg, pos_idx, aug_idx, aug_w, neg_idx, self.model.omega, cfg.beta,
+                          cfg.mixup, neg_logq, pos_logq, aug_logq)
         return loss.mean()

@@ -110,10 +110,24 @@ class Trainer:
         user = self.model.user_vectors(batch.users.to(self.device))
         pos_idx = batch.items.to(self.device)
         neg_idx = self.sampler.sample(self.tcfg.num_negatives).to(self.device)
-        loss = sampled_softmax_loss(
-            user, self.model.item_vectors(pos_idx), self.model.item_vectors(neg_idx), pos_idx, neg_idx,
-            self.model.omega, *self._logq(pos_idx, neg_idx))
+        pos, neg = self.item_vectors(pos_idx, neg_idx)
+        loss = sampled_softmax_loss(user, pos, neg, pos_idx, neg_idx, self.model.omega, *self._logq(pos_idx, neg_idx))
         return loss.mean()
+
+    def item_vectors(self, *indices: torch.Tensor) -> list[torch.Tensor]:
+        """Item vectors for several index tensors, running the item tower once per distinct item.
+
+        A batch names the same popular items many times (positives, negatives, augmented
+        positives); the tower's cost then follows the distinct items, not the slots.
+        """
+        flat = torch.cat([i.reshape(-1) for i in indices])
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        vectors = self.model.item_vectors(unique)[inverse]
+        out, start = [], 0
+        for i in indices:
+            out.append(vectors[start:start + i.numel()].reshape(*i.shape, -1))
+            start += i.numel()
+        return out
 
     def _logq(self, pos_idx: torch.Tensor, neg_idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if not self.use_logq:
