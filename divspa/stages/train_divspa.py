@@ -36,8 +36,14 @@ def final_version(ctx: RunContext) -> str:
 
 
 def divspa_examples(ctx: RunContext, teacher: str) -> DataFrame:
-    """train_examples with each positive's augmented positives as aligned arrays."""
+    """train_examples with each positive's augmented positives as aligned arrays.
+
+    Only the strategies in augment.strategies are used: each strategy is sampled independently,
+    so dropping one here is exactly the ablation "w/o <strategy>", with no need to re-augment.
+    """
+    strategies = list(ctx.cfg.augment.strategies)
     aug = ctx.read("augmented_positives").where(F.col("model_version") == teacher)
+    aug = aug.where(F.col("strategy").isin(strategies)) if strategies else aug.limit(0)
     per_pair = aug.groupBy("user_id", "item_id").agg(
         F.sort_array(F.collect_list(F.struct("strategy", "rank", "aug_item_id", "weight"))).alias("_a"))
     examples = ctx.read("train_examples").join(per_pair, ["user_id", "item_id"], "left")

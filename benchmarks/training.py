@@ -1,0 +1,109 @@
+"""Training cost: base vs DivSPA examples/s per epoch, and the reader vs a raw pyarrow read.
+
+    .venv/bin/python benchmarks/training.py                       # MovieLens-100K (conf/ml100k.yaml)
+    .venv/bin/python benchmarks/training.py --conf conf/default.yaml
+
+Runs the pipeline up to `augment` for the config's run if needed (skipping what is committed),
+then times one epoch of each trainer on the same examples (3 strategies x m = 3 augmented
+positives for DivSPA) and the reader over the same files. Goals: DivSPA epoch <= 1.5x base;
+reader >= 0.8x raw pyarrow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from divspa.config import load_config  # noqa: E402
+from divspa.models.divspa import DivspaTrainer  # noqa: E402
+from divspa.models.trainer import Trainer  # noqa: E402
+from divspa.pipeline import BY_NAME, run_stage  # noqa: E402
+from divspa.reader import DeltaIterableDataset  # noqa: E402
+from divspa.runtime import RunContext  # noqa: E402
+from divspa.stages.train_base import BASE_VERSION, build_bundle  # noqa: E402
+from divspa.stages.train_divspa import divspa_examples  # noqa: E402
+
+
+def epoch_rate(trainer: Trainer) -> tuple[float, int]:
+    """Examples/s of one training epoch (no validation), after a short warm-up."""
+    trainer.tcfg.epochs = 1
+    from divspa.reader import stream_tables
+
+    tables = list(stream_tables(trainer.dataset, trainer.columns, trainer.train_filter, trainer.tcfg.batch_size,
+                                trainer.tcfg.shuffle_buffer, 0, 1))
+    trainer.model.train()
+    for table in tables[:5]:  # warm-up
+        trainer.batch_loss(table).backward()
+    start = time.perf_counter()
+    rows = 0
+    for table in tables:
+        loss = trainer.batch_loss(table)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.optimizer.step()
+        rows += table.num_rows
+    return rows / (time.perf_counter() - start), rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--conf", default="conf/ml100k.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    cfg = load_config(args.conf, args.overrides)
+    ctx = RunContext.start(cfg, "bench-training")
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("ingest", "split", "prepare", "train_base", "export", "retrieve", "augment"):
+        run_stage(ctx, BY_NAME[name])
+    ctx.write("bench", "divspa_examples", divspa_examples(ctx, BASE_VERSION), partition={"teacher": BASE_VERSION})
+    torch.set_num_threads(cfg.train.num_threads or torch.get_num_threads())
+
+    base = Trainer(cfg, build_bundle(ctx, "bench-base"), ctx.warehouse.dataset("train_examples"), ctx.run_id)
+    base_rate, n = epoch_rate(base)
+    student = DivspaTrainer(cfg, build_bundle(ctx, "bench-divspa"), ctx.warehouse.dataset("divspa_examples"),
+                            ctx.run_id, where={"teacher": BASE_VERSION})
+    div_rate, _ = epoch_rate(student)
+    aug_rows = ctx.read("divspa_examples").selectExpr("avg(size(aug_items))").first()[0]
+    print(f"# {args.conf}: {n:,} training examples per epoch, batch {cfg.train.batch_size}, "
+          f"{cfg.train.num_negatives} shared negatives, {torch.get_num_threads()} torch threads; "
+          f"DivSPA: {aug_rows:.2f} augmented positives per example ({', '.join(cfg.augment.strategies)}, m={cfg.augment.m})")
+    print(f"{'trainer':<34}{'examples/s':>12}{'epoch s':>10}")
+    print(f"{'base (Eq. 1)':<34}{base_rate:>12,.0f}{n / base_rate:>10.1f}")
+    print(f"{'DivSPA (Eq. 3, output mix-up)':<34}{div_rate:>12,.0f}{n / div_rate:>10.1f}")
+    print(f"DivSPA epoch / base epoch: {base_rate / div_rate:.2f} (goal <= 1.5)")
+
+    # Reader vs raw pyarrow over the same files of train_examples.
+    path = ctx.warehouse.path("train_examples")
+    cols = ["user_id", "item_id", "history", "user_features"]
+    reader = DeltaIterableDataset(path, columns=cols, filters={"run_id": ctx.run_id}, batch_size=1024)
+    files = reader.files
+    results = {}
+    for label, make in (
+        ("raw pyarrow (to_batches)", lambda: pads.dataset(files, format="parquet").to_batches(columns=cols,
+                                                                                             batch_size=1024)),
+        ("divspa reader (Arrow batches)", lambda: iter(DeltaIterableDataset(
+            path, columns=cols, filters={"run_id": ctx.run_id}, batch_size=1024, as_arrow=True))),
+        ("divspa reader (tensors)", lambda: iter(reader)),
+    ):
+        best = 0.0
+        for _ in range(3):
+            start = time.perf_counter()
+            rows = sum(len(b["user_id"]) if isinstance(b, dict) else b.num_rows for b in make())
+            best = max(best, rows / (time.perf_counter() - start))
+        results[label] = best
+    raw = results["raw pyarrow (to_batches)"]
+    print(f"\n{'reader':<34}{'rows/s':>12}{'vs raw':>10}")
+    for label, rate in results.items():
+        print(f"{label:<34}{rate:>12,.0f}{rate / raw:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
