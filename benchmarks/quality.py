@@ -41,9 +41,9 @@ VARIANTS: dict[str, dict] = {
     "wo_all": {"strategies": []},
     "sampler_uniform": {"sampler": "uniform"},
     "sampler_beta": {"sampler": "beta"},
-    "beta_0.1": {"beta": 0.1},
+    "beta_0.05": {"beta": 0.05},
     "beta_0.25": {"beta": 0.25},
-    "beta_1.0": {"beta": 1.0},
+    "beta_0.5": {"beta": 0.5},
 }
 ACC = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (50, 100, 200)]
 DIV = ["distinct@100", "distinct@500", "distinct@1000", "coverage@100", "gini@100", "long_tail@100"]
