@@ -2,7 +2,9 @@
 # The newcomer's entry point (see README):
 #   ./dev.sh demo   set up .venv (idempotent) and run the pipeline on the embedded synthetic default
 #   ./dev.sh test   set up .venv (idempotent) and run the test suite
-# Other sub-commands: setup (only set up), lint (ruff).
+# Other sub-commands: setup (only set up), lint (ruff),
+#   package [--env]  what spark-submit ships to executors (docs/CLUSTER.md): the wheel, the same
+#                    wheel as a --py-files zip, and with --env a venv-pack archive for spark.archives.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${DIVSPA_VENV:-.venv}"
@@ -46,6 +48,27 @@ setup() {
   fi
 }
 
+package() {
+  setup
+  local version
+  version="$("$VENV/bin/python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')"
+  rm -f dist/divspa-"$version"*
+  "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w dist .
+  # A wheel is a zip with the package at its root; Spark puts only .zip/.egg/.py on executors' path.
+  cp "dist/divspa-$version-py3-none-any.whl" "dist/divspa-$version-py-files.zip"
+  log "built dist/divspa-$version-py3-none-any.whl and dist/divspa-$version-py-files.zip (for --py-files)"
+  if [ "${1:-}" = "--env" ]; then
+    # venv-pack refuses editable installs, so the archive is packed from a fresh venv with the wheel.
+    local env=build/pack-env
+    rm -rf "$env"
+    "$(pick_python)" -m venv "$env"
+    "$env/bin/python" -m pip install -q -c constraints.txt "torch==2.13.0"
+    "$env/bin/python" -m pip install -q -c constraints.txt "dist/divspa-$version-py3-none-any.whl" venv-pack
+    "$env/bin/venv-pack" -q -p "$env" -o "dist/divspa-env-$version.tar.gz" --force
+    log "packed dist/divspa-env-$version.tar.gz ($(du -h "dist/divspa-env-$version.tar.gz" | cut -f1)): spark-submit --archives dist/divspa-env-$version.tar.gz#env"
+  fi
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -57,9 +80,10 @@ case "$cmd" in
     setup
     "$VENV/bin/ruff" check .
     exec "$VENV/bin/python" -m pytest "$@" ;;
+  package) package "$@" ;;
   lint)
     setup
     exec "$VENV/bin/ruff" check . ;;
   *)
-    echo "usage: ./dev.sh {demo|test|setup|lint} [args...]" >&2; exit 2 ;;
+    echo "usage: ./dev.sh {demo|test|setup|package|lint} [args...]" >&2; exit 2 ;;
 esac

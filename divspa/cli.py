@@ -3,6 +3,7 @@
     divspa run --conf conf/default.yaml [--set section.key=value ...] [--run-id ID] [--force]
     divspa <stage> --conf ...          one stage (the same code spark-submit's jobs/<stage>.py runs)
     divspa tables | history TABLE      what the warehouse holds
+    divspa cluster start|stop|status   a local Spark standalone cluster (see divspa/cluster.py)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage.name, help=stage.doc)
         _common(p)
         p.add_argument("--force", action="store_true", help="redo the stage even if its outputs are committed")
+    sub.add_parser("cluster", help="start|stop|status a local Spark standalone cluster (divspa cluster -h)")
     p = sub.add_parser("tables", help="list tables with version, rows and files")
     _common(p)
     p = sub.add_parser("history", help="a table's Delta history")
@@ -58,6 +60,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cluster"]:  # no config, no session: it manages Spark daemons
+        from divspa import cluster
+
+        setup_logging("INFO")
+        return cluster.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         cfg = _config(args)
