@@ -155,18 +155,18 @@ def main() -> None:
           f"p = two-sided paired t-test vs base")
     for title, keys in (("accuracy", ACC), ("diversity", DIV)):
         print(f"\n{title}:")
-        print(f"{'model':<18}" + "".join(f"{k:>22}" for k in keys))
+        print(f"{'model':<18}" + "".join(f"{k:>25}" for k in keys))
         for model in ["base", *variants]:
             cells = []
             for k in keys:
                 vals = results.get(model, {}).get(k)
                 if not vals:
-                    cells.append(f"{'-':>22}")
+                    cells.append(f"{'-':>25}")
                     continue
                 mean, std = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
                 p = "" if model == "base" else f" p={paired_t_p(vals, results['base'][k]):.3f}"
                 fmt = f"{mean:.4f}+-{std:.4f}" if mean < 1.5 else f"{mean:.0f}+-{std:.0f}"
-                cells.append(f"{fmt + p:>22}")
+                cells.append(f"{fmt + p:>25}")
             print(f"{model:<18}" + "".join(cells))
 
 

@@ -64,7 +64,7 @@ def _tables(out: Path, spark) -> dict[str, pd.DataFrame]:
     frames = {}
     for name in TABLES:
         df = wh.dataset(name).to_table().to_pandas()
-        df = df[df["run_id"] == RUN].drop(columns=[c for c in df.columns if c.endswith("_at")])
+        df = df[df["run_id"] == RUN]
         frames[name] = df.sort_values(list(df.columns)).reset_index(drop=True)
     return frames
 

@@ -48,7 +48,9 @@ def divspa_examples(ctx: RunContext, teacher: str) -> DataFrame:
         F.sort_array(F.collect_list(F.struct("strategy", "rank", "aug_item_id", "weight"))).alias("_a"))
     examples = ctx.read("train_examples").join(per_pair, ["user_id", "item_id"], "left")
     empty = F.array()
-    return examples.select(
+    # Rows leave a shuffle in the order their blocks arrived; sorting each partition makes the files
+    # (and so the trainer's seeded shuffle over them) the same on every run, so students reproduce.
+    return examples.sortWithinPartitions("user_id", "item_id", "history").select(
         "user_id", "item_id", "history", "user_features", "is_val",
         F.coalesce(F.transform("_a", lambda a: a["aug_item_id"]), empty.cast("array<bigint>")).alias("aug_items"),
         F.coalesce(F.transform("_a", lambda a: a["weight"]), empty.cast("array<float>")).alias("aug_weights"),
