@@ -76,7 +76,7 @@ def stream_tables(dataset: pads.Dataset, columns: list[str] | None, filter: pads
     for unit in units:
         # Scanning with the dataset's schema fills partition columns (run_id) from the file's path.
         scanner = pads.Scanner.from_fragment(unit, schema=dataset.schema, columns=columns, filter=filter,
-                                             batch_size=min(batch_size, 65536), use_threads=False)
+                                             batch_size=min(batch_size, 65536), use_threads=True)  # ordered all the same
         for batch in scanner.to_batches():
             if batch.num_rows == 0:
                 continue

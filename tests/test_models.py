@@ -50,6 +50,35 @@ def test_sampled_softmax_matches_hand_computation():
     assert abs(float(multi[0, 0]) - expected) < 1e-6 and abs(float(multi[0, 1]) - float(single[0])) < 1e-6
 
 
+def _direct_loss(user, pos, neg, pos_idx, neg_idx, omega, neg_logq=None, pos_logq=None):
+    """Eq. 1 spelled out: a [B, P, N] block of negative logits with each positive's hits set to -inf."""
+    pos_logit = omega * (user.unsqueeze(1) * pos).sum(-1)
+    neg_logit = omega * user @ neg.T
+    if neg_logq is not None:
+        neg_logit, pos_logit = neg_logit - neg_logq, pos_logit - pos_logq
+    block = neg_logit.unsqueeze(1).expand(-1, pos_logit.shape[1], -1)
+    block = block.masked_fill(neg_idx.view(1, 1, -1) == pos_idx.unsqueeze(-1), float("-inf"))
+    return torch.logsumexp(torch.cat([pos_logit.unsqueeze(-1), block], -1), -1) - pos_logit
+
+
+def test_shared_negatives_loss_equals_the_direct_form_with_hits_and_duplicates():
+    gen = torch.Generator().manual_seed(7)
+    for logq in (False, True):
+        table = torch.randn(31, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+        user = torch.randn(64, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+        neg_idx = torch.randint(1, 30, (50,), generator=gen)  # many duplicates and accidental hits
+        pos_idx = torch.randint(0, 30, (64, 7), generator=gen)  # 0 = padding of augmented slots
+        q = torch.randn(31, generator=gen, dtype=torch.float64)
+        extra = (q[neg_idx], q[pos_idx]) if logq else ()
+        fast = sampled_softmax_loss(user, table[pos_idx], table[neg_idx], pos_idx, neg_idx, 5.0, *extra)
+        direct = _direct_loss(user, table[pos_idx], table[neg_idx], pos_idx, neg_idx, 5.0, *extra)
+        assert torch.allclose(fast, direct, rtol=1e-9, atol=1e-9)
+        g_fast = torch.autograd.grad(fast.sum(), (user, table))
+        g_direct = torch.autograd.grad(direct.sum(), (user, table))
+        for a, b in zip(g_fast, g_direct, strict=True):
+            assert torch.allclose(a, b, rtol=1e-7, atol=1e-7)
+
+
 def test_logq_correction_shifts_logits():
     user, pos, neg = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     plain = sampled_softmax_loss(user, pos, neg, torch.tensor([1]), torch.tensor([2]), 1.0)

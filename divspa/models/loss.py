@@ -32,12 +32,32 @@ def sampled_softmax_loss(
         neg_logit = neg_logit - neg_logq
         if pos_logq is not None:
             pos_logit = pos_logit - pos_logq
-    neg_logit = neg_logit.unsqueeze(1).expand(-1, pos_logit.shape[1], -1)  # [B, P, N]
-    hit = neg_idx.view(1, 1, -1) == pos_idx.unsqueeze(-1)
-    neg_logit = neg_logit.masked_fill(hit, float("-inf"))
-    logits = torch.cat([pos_logit.unsqueeze(-1), neg_logit], dim=-1)
-    loss = torch.logsumexp(logits, dim=-1) - pos_logit
+    loss = _shared_negatives_loss(pos_logit, neg_logit, pos_idx, neg_idx)
     return loss.squeeze(1) if single else loss
+
+
+def _shared_negatives_loss(pos_logit: torch.Tensor, neg_logit: torch.Tensor, pos_idx: torch.Tensor,
+                         neg_idx: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 for each of P positives per row without a [B, P, N] tensor (DivSPA's P is 1 + 3m).
+
+    All P positives of a row share the row's negatives, so the negatives' sum is taken once per
+    row; each positive then removes its own accidental hits (negatives equal to it), whose logits
+    are the row's logit of that item times its count among the negatives. The sums are taken in
+    float64 and shifted by the row's maximum, so the subtraction loses nothing that matters.
+    """
+    shift = torch.maximum(neg_logit.max(1).values, pos_logit.max(1).values).detach().unsqueeze(1)  # [B, 1]
+    neg_exp = torch.exp((neg_logit - shift).double())  # [B, N]
+    total = neg_exp.sum(1, keepdim=True)  # [B, 1]
+    size = int(max(int(neg_idx.max()), int(pos_idx.max()))) + 1
+    counts = torch.bincount(neg_idx, minlength=size)  # copies of each item among the negatives
+    slot = torch.zeros(size, dtype=torch.long, device=neg_idx.device)
+    slot[neg_idx] = torch.arange(len(neg_idx), device=neg_idx.device)  # one column per item (copies agree)
+    hits = counts[pos_idx].to(neg_exp.dtype)  # [B, P]
+    hit_exp = torch.gather(neg_exp, 1, slot[pos_idx]) * hits  # [B, P]; 0 where the item is no negative
+    negatives = (total - hit_exp).clamp_min(0.0)
+    pos_shifted = pos_logit - shift
+    lse = torch.log(torch.exp(pos_shifted.double()) + negatives).to(pos_logit.dtype)
+    return lse - pos_shifted
 
 
 class NegativeSampler:
