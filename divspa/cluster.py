@@ -205,6 +205,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=7077)
     p.add_argument("--webui-port", type=int, default=8080)
     args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except (OSError, RuntimeError, TimeoutError) as exc:  # a missing state file, a busy port, a dead daemon
+        print(f"divspa cluster: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
     if args.action == "start":
         c = StandaloneCluster(Path(args.dir), args.workers, args.cores, args.memory, args.port, args.webui_port).start()
         print(f"master {c.url} (pid {c.master_pid}), web UI {c.webui}; workers pids {c.worker_pids}; "

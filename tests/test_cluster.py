@@ -200,3 +200,10 @@ def test_killed_driver_mid_write_then_rerun(spark, cluster, package, cluster_out
     _assert_same(_tables(cluster_out, spark), local_reference)
     assert Warehouse(spark, str(cluster_out / "warehouse")).cleanup("augmented_positives") >= 1
     assert not any((table_dir / STAGING_DIR).iterdir())
+
+
+def test_cluster_command_without_a_cluster_says_so(tmp_path, capsys):
+    from divspa.cluster import main
+
+    assert main(["stop", "--dir", str(tmp_path)]) == 1
+    assert "no cluster state" in capsys.readouterr().err
