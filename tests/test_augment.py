@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from pyspark.sql import functions as F
 
 from divspa.augment import beta_rank_probs, sample
 from divspa.config import AugmentConfig
+from divspa.models.checkpoint import load_checkpoint
+from divspa.stages.train_base import BASE_VERSION, checkpoint_path
+from divspa.stages.train_divspa import train_student
 from tests.conftest import rerun
 
 
@@ -79,6 +83,24 @@ def test_ablation_switches_strategies_off(augmented):
     finally:
         ctx.cfg.augment.strategies = ["u2i", "i2i", "u2u2i"]
         rerun(ctx, "augment")
+
+
+def test_student_without_strategies_is_the_base_model(augmented):
+    # DESIGN: "with all off the student is the base model". Same examples in the same layout, same
+    # seed: the student must stream the base model's batches and negatives and end bit-identical.
+    ctx = augmented
+    base = load_checkpoint(checkpoint_path(ctx, BASE_VERSION)).model.state_dict()
+    students = {}
+    for name, strategies in (("wo-all", []), ("all", ["u2i", "i2i", "u2u2i"])):
+        ctx.cfg.augment.strategies = strategies
+        try:
+            train_student(ctx, f"test.{name}", BASE_VERSION, f"test-{name}")
+        finally:
+            ctx.cfg.augment.strategies = ["u2i", "i2i", "u2u2i"]
+        students[name] = load_checkpoint(checkpoint_path(ctx, f"test-{name}")).model.state_dict()
+    assert base.keys() == students["wo-all"].keys()
+    assert all(torch.equal(base[k], students["wo-all"][k]) for k in base)
+    assert not all(torch.equal(base[k], students["all"][k]) for k in base)  # augmentation does change it
 
 
 def synthetic_candidates(spark, groups: int, k: int):

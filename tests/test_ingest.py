@@ -123,6 +123,22 @@ def test_split_keeps_only_users_and_items_seen_in_train(spark):
     assert rows == {(1, 10, "train"), (1, 11, "train"), (2, 10, "train"), (1, 10, "test"), (2, 11, "test")}
 
 
+def test_per_user_split_holds_out_each_users_latest_clicks(spark):
+    t = lambda d: dt.datetime(2026, 1, d)  # noqa: E731
+    # user 1: 5 clicks -> the latest 1 (floor(5 * 0.3)) is test; user 2: 3 clicks -> 0 test;
+    # user 3: 4 clicks -> the latest 1, but item 99 is never in train, so it is dropped.
+    data = [(1, 10, t(1)), (1, 11, t(2)), (1, 14, t(3)), (1, 13, t(20)), (1, 12, t(21)),
+            (2, 10, t(25)), (2, 11, t(26)), (2, 12, t(27)),
+            (3, 10, t(4)), (3, 11, t(5)), (3, 13, t(6)), (3, 99, t(7))]
+    clicks = spark.createDataFrame(data, "user_id long, item_id long, event_time timestamp")
+    split = chronological_split(clicks, load_config(None, ["split.mode=per_user", "split.test_fraction=0.3"]).split)
+    assert split.cut is None
+    rows = {(r["user_id"], r["item_id"], r["split"]) for r in split.rows.collect()}
+    test = {(u, i) for u, i, s in rows if s == "test"}
+    assert test == {(1, 12)}  # user 1's latest is test although user 2 clicked later: no global cut
+    assert {(u, i) for u, i, s in rows if s == "train"} == {(u, i) for u, i, _ in data} - {(1, 12), (3, 99)}
+
+
 def test_too_many_bad_rows_fails_and_changes_no_table(spark, small_config):
     cfg = small_config
     cfg.synthetic.bad_row_fraction = 0.2

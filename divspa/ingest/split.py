@@ -1,7 +1,9 @@
-"""Chronological split: one global time cut; test keeps only users and items seen in train.
+"""Chronological split; test keeps only users and items seen in train.
 
-A global cut (rather than per-user leave-last-out) is what a scheduled retrieval model faces:
-it is trained on everything before a moment and serves everything after it.
+`global` (the default): one time cut, which is what a scheduled retrieval model faces: trained
+on everything before a moment, serving everything after it. `per_user`: each user's latest
+clicks are test, so every user with enough clicks is evaluated; it is the protocol for small
+public datasets, whose users are rarely active after a global cut.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from divspa.config import SplitConfig
@@ -22,7 +24,7 @@ class SplitError(ValueError):
 @dataclass
 class Split:
     rows: DataFrame  # user_id, item_id, event_time, split
-    cut: dt.datetime
+    cut: dt.datetime | None  # the global cut; None for per_user
 
 
 def cut_time(clicks: DataFrame, cfg: SplitConfig) -> dt.datetime:
@@ -37,11 +39,20 @@ def cut_time(clicks: DataFrame, cfg: SplitConfig) -> dt.datetime:
 
 
 def chronological_split(clicks: DataFrame, cfg: SplitConfig) -> Split:
-    cut = cut_time(clicks, cfg)
-    before = F.col("event_time") < F.lit(cut)
-    train = clicks.where(before)
+    if cfg.mode == "per_user":
+        # A user's n clicks, latest first (ties by item id): the first floor(n * test_fraction) are test.
+        latest = Window.partitionBy("user_id").orderBy(F.col("event_time").desc(), F.col("item_id").desc())
+        ranked = clicks.select("*", F.row_number().over(latest).alias("_r"),
+                               F.count(F.lit(1)).over(Window.partitionBy("user_id")).alias("_n"))
+        is_test = F.col("_r") <= F.floor(F.col("_n") * F.lit(cfg.test_fraction))
+        cut = None
+    else:
+        cut = cut_time(clicks, cfg)
+        ranked = clicks
+        is_test = F.col("event_time") >= F.lit(cut)
+    train = ranked.where(~is_test)
     test = (
-        clicks.where(~before)
+        ranked.where(is_test)
         .join(train.select("user_id").distinct(), "user_id", "left_semi")
         .join(train.select("item_id").distinct(), "item_id", "left_semi")
     )

@@ -44,8 +44,10 @@ class DivspaTrainer(Trainer):
     def batch_loss(self, table: pa.Table) -> torch.Tensor:
         cfg = self.cfg.divspa
         vocab, dev = self.bundle.vocab, self.device
+        width = int(pc.max(pc.list_value_length(table.column("aug_items"))).as_py() or 0)
+        if width == 0:  # no augmented positive in the batch: exactly Eq. 1, as the base trainer computes it
+            return super().batch_loss(table)
         batch = encode_examples(table, vocab, self.bundle.mcfg)
-        width = max(int(pc.max(pc.list_value_length(table.column("aug_items"))).as_py() or 0), 1)
         aug_idx = vocab.item_lists(table.column("aug_items"), width, keep="first").to(dev)
         aug_w = vocab.float_lists(table.column("aug_weights"), width).to(dev)
         aug_w = torch.where(aug_idx > 0, aug_w, torch.zeros_like(aug_w))

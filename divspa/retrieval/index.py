@@ -1,8 +1,8 @@
 """faiss indexes over L2-normalised vectors (inner product = cosine) and exact top-k search.
 
 `search_topk` returns, per query, the true top k of the corpus after removing that query's
-excluded ids, however many they are: each query is searched to depth k + |excluded| (queries
-are bucketed by that depth), so at least k survivors remain whenever the corpus has them.
+excluded ids, however many they are: each query is searched to depth at least k + |excluded|
+(queries are grouped by that depth), so at least k survivors remain whenever the corpus has them.
 Scores are recomputed in float64 from the vectors and ties broken by id, so the result of a
 query never depends on which other queries share its batch, task or partition.
 """
@@ -62,6 +62,9 @@ class Shard:
     vectors: np.ndarray  # normalised float32, for exact re-scoring
 
 
+RESCORE_CHUNK = 256  # queries re-scored at a time: their candidates' vectors stay in cache
+
+
 def _search_shard(shard: Shard, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
     depth = min(depth, shard.index.ntotal)
     if depth == 0:
@@ -70,11 +73,44 @@ def _search_shard(shard: Shard, queries: np.ndarray, depth: int) -> tuple[np.nda
         shard.index.hnsw.efSearch = max(shard.index.hnsw.efSearch, depth)
     _, rows = shard.index.search(queries, depth)
     ok = rows >= 0
-    ids = np.where(ok, shard.ids[np.maximum(rows, 0)], -1)
-    # Exact, batch-independent scores: float64 dot products of the stored float32 vectors.
-    cand = shard.vectors[np.maximum(rows, 0)].astype(np.float64)
-    scores = np.einsum("bkd,bd->bk", cand, queries.astype(np.float64))
-    return ids, np.where(ok, scores, -np.inf)
+    safe = np.maximum(rows, 0)
+    ids = np.where(ok, shard.ids[safe], -1)
+    # Exact, batch-independent scores: float64 dot products of the stored float32 vectors, a few
+    # queries at a time (each element is its own reduction over d, whatever the chunk).
+    scores = np.empty(rows.shape, np.float64)
+    q64 = queries.astype(np.float64)
+    for start in range(0, len(queries), RESCORE_CHUNK):
+        end = start + RESCORE_CHUNK
+        cand = shard.vectors[safe[start:end]].astype(np.float64)
+        np.einsum("bkd,bd->bk", cand, q64[start:end], out=scores[start:end])
+    scores[~ok] = -np.inf
+    return ids, scores
+
+
+def search_depth(k: int, n_excluded: np.ndarray) -> np.ndarray:
+    """How deep each query is searched: k plus its exclusions rounded up to a power of two.
+
+    A function of the query alone (never of its batch), so results are partition-independent;
+    the rounding keeps the number of distinct depths, and so of faiss calls, logarithmic.
+    """
+    n = np.asarray(n_excluded, dtype=np.int64)
+    pow2 = np.where(n > 0, 2 ** np.ceil(np.log2(np.maximum(n, 1))).astype(np.int64), 0)
+    return k + pow2
+
+
+def _rank_order(ids: np.ndarray, score32: np.ndarray) -> np.ndarray:
+    """Per row, positions by score descending and then id ascending: np.lexsort's order, faster.
+
+    Rows arrive nearly sorted (faiss ranks by its own scores), which a stable sort by score
+    alone handles quickly; only rows with equal finite scores then need the id tie-break.
+    """
+    neg = -score32.astype(np.float64)
+    order = np.argsort(neg, axis=1, kind="stable")
+    ranked = np.take_along_axis(neg, order, axis=1)
+    tied = np.flatnonzero(((ranked[:, 1:] == ranked[:, :-1]) & np.isfinite(ranked[:, 1:])).any(axis=1))
+    if len(tied):
+        order[tied] = np.lexsort((ids[tied], neg[tied]), axis=1)
+    return order
 
 
 def search_topk(shards: Iterable[Shard], queries: np.ndarray, exclude: list[np.ndarray], k: int,
@@ -84,12 +120,12 @@ def search_topk(shards: Iterable[Shard], queries: np.ndarray, exclude: list[np.n
     Returns flat arrays (query row, neighbour id, score) sorted by query row, then rank.
     """
     n_excl = np.array([len(e) for e in exclude], dtype=np.int64)
-    bucket = np.ceil(np.log2(np.maximum(k + n_excl, 1))).astype(np.int64)
-    groups = {int(b): np.flatnonzero(bucket == b) for b in np.unique(bucket)}
+    depth = search_depth(k, n_excl)
+    groups = {int(b): np.flatnonzero(depth == b) for b in np.unique(depth)}
     found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {b: [] for b in groups}
     for shard in shards:  # one shard in memory at a time
         for b, sel in groups.items():
-            found[b].append(_search_shard(shard, queries[sel], 2**b))
+            found[b].append(_search_shard(shard, queries[sel], b))
     out_rows, out_ids, out_scores = [], [], []
     for b, sel in groups.items():
         ids = np.concatenate([p[0] for p in found[b]], axis=1)
@@ -99,10 +135,10 @@ def search_topk(shards: Iterable[Shard], queries: np.ndarray, exclude: list[np.n
         excl_ids = np.concatenate([exclude[i] for i in sel]).astype(np.int64) if len(excl_rows) else np.empty(0, np.int64)
         span = np.int64(max(int(ids.max(initial=0)), int(excl_ids.max(initial=0))) + 2)
         keys = np.arange(len(sel))[:, None] * span + (ids + 1)
-        banned = np.isin(keys, excl_rows * span + (excl_ids + 1)) | (ids < 0)
+        banned = (np.isin(keys, excl_rows * span + (excl_ids + 1)) if len(excl_ids) else False) | (ids < 0)
         score32 = np.where(banned, -np.inf, scores).astype(np.float32)
         # Rank by score (float32, as stored), ties by id; keep the first k that are not banned.
-        order = np.lexsort((ids, -score32.astype(np.float64)), axis=1)
+        order = _rank_order(ids, score32)
         ids_sorted = np.take_along_axis(ids, order, axis=1)[:, :k]
         sc_sorted = np.take_along_axis(score32, order, axis=1)[:, :k]
         valid = np.isfinite(sc_sorted)

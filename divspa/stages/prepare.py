@@ -47,6 +47,20 @@ def train_examples(train: DataFrame, features: DataFrame, history_len: int, val_
     return _with_features(examples.withColumn("is_val", is_val), features)
 
 
+def in_example_order(examples: DataFrame, partitions: int) -> DataFrame:
+    """The one file layout and row order of every example table (train_examples, divspa_examples).
+
+    The trainer's seeded shuffle permutes row groups and rows, so two tables holding the same
+    examples in the same layout stream the same batches. A student trained on divspa_examples
+    with every strategy off then sees exactly the base model's batches (and negatives), and is
+    the base model; with augmentation on, it differs from base by the augmentation alone.
+    """
+    # A computed key, not repartition(n, "user_id"): Spark drops a repartition on a column the plan
+    # is already hash-partitioned by, and AQE then merges small partitions differently per table.
+    key = F.pmod(F.xxhash64("user_id"), F.lit(partitions))
+    return examples.repartition(partitions, key).sortWithinPartitions("user_id", "item_id", "history")
+
+
 def user_histories(train: DataFrame, test: DataFrame, features: DataFrame, history_len: int) -> DataFrame:
     seq = train.groupBy("user_id").agg(
         F.sort_array(F.collect_list(F.struct("event_time", "item_id"))).alias("seq"),
@@ -70,8 +84,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     features = _user_features(ctx)
     mcfg, tcfg = ctx.cfg.model, ctx.cfg.train
     run_id = F.lit(ctx.run_id).alias("run_id")
+    examples = train_examples(train, features, mcfg.history_len, tcfg.val_fraction)
     ex = ctx.write(NAME, "train_examples",
-                   train_examples(train, features, mcfg.history_len, tcfg.val_fraction).select("*", run_id))
+                   in_example_order(examples, ctx.cfg.spark.shuffle_partitions).select("*", run_id))
     hist = ctx.write(NAME, "user_histories",
                      user_histories(train, test, features, mcfg.history_len).select("*", run_id))
     return {"train_examples": ex.rows, "users": hist.rows}

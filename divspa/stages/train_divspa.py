@@ -20,6 +20,7 @@ from divspa.runtime import RunContext
 from divspa.stages import Stage
 from divspa.stages.augment import augment
 from divspa.stages.export import export_model
+from divspa.stages.prepare import in_example_order
 from divspa.stages.retrieve import retrieve
 from divspa.stages.train_base import BASE_VERSION, build_bundle, checkpoint_path, train_report_rows
 
@@ -48,9 +49,8 @@ def divspa_examples(ctx: RunContext, teacher: str) -> DataFrame:
         F.sort_array(F.collect_list(F.struct("strategy", "rank", "aug_item_id", "weight"))).alias("_a"))
     examples = ctx.read("train_examples").join(per_pair, ["user_id", "item_id"], "left")
     empty = F.array()
-    # Rows leave a shuffle in the order their blocks arrived; sorting each partition makes the files
-    # (and so the trainer's seeded shuffle over them) the same on every run, so students reproduce.
-    return examples.sortWithinPartitions("user_id", "item_id", "history").select(
+    # train_examples' layout and order: students reproduce, and with no strategy the student is base.
+    return in_example_order(examples, ctx.cfg.spark.shuffle_partitions).select(
         "user_id", "item_id", "history", "user_features", "is_val",
         F.coalesce(F.transform("_a", lambda a: a["aug_item_id"]), empty.cast("array<bigint>")).alias("aug_items"),
         F.coalesce(F.transform("_a", lambda a: a["weight"]), empty.cast("array<float>")).alias("aug_weights"),
