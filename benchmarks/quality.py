@@ -146,32 +146,46 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
     return out, ctx.spark
 
 
-def run_workers(args: argparse.Namespace, seeds: list[int]) -> dict[int, dict[str, dict[str, float]]]:
-    """Seeds split over `--jobs` processes, each with one core's worth of Spark and torch.
+def plan(seeds: list[int], variants: list[str], jobs: int) -> list[list[tuple[int, list[str]]]]:
+    """Work per worker: whole seeds round-robin, then the seeds left over (fewer than `jobs`) with
+    their variants dealt out, so no worker idles for a whole seed. A worker that gets part of a
+    seed runs that seed's pipeline itself: the same seed trains the same teacher."""
+    full = len(seeds) - len(seeds) % jobs
+    work: list[list[tuple[int, list[str]]]] = [[(s, variants) for s in seeds[j:full:jobs]] for j in range(jobs)]
+    for seed in seeds[full:]:
+        for j in range(jobs):
+            if variants[j::jobs]:
+                work[j].append((seed, variants[j::jobs]))
+    return [w for w in work if w]
+
+
+def run_workers(args: argparse.Namespace, seeds: list[int], variants: list[str]) -> dict[int, dict[str, dict[str, float]]]:
+    """The work split over `--jobs` processes, each with one core's worth of Spark and torch.
 
     On ML-100K a student is mostly small torch ops whose per-batch overhead one thread handles
     almost as fast as two (5.3 s vs 4.3 s an epoch here), so two one-thread workers do about 1.6x
     the work of one two-thread process. Each worker has its own output directory (no shared tables).
     """
     procs = []
-    for j in range(args.jobs):
-        mine = seeds[j::args.jobs]
-        if not mine:
-            continue
+    for j, tasks in enumerate(plan(seeds, variants, args.jobs)):
         result = Path(args.out) / f"worker{j}.json"
-        cmd = [sys.executable, __file__, "--conf", args.conf, "--variants", args.variants, "--jobs", "1",
-               "--seed-list", ",".join(map(str, mine)), "--out", str(Path(args.out) / f"worker{j}"),
-               "--results", str(result), "--set", "spark.master=local[1]", "--set", "train.num_threads=1"]
+        cmd = [sys.executable, __file__, "--conf", args.conf, "--tasks", json.dumps(tasks), "--jobs", "1",
+               "--out", str(Path(args.out) / f"worker{j}"), "--results", str(result),
+               "--set", "spark.master=local[1]", "--set", "train.num_threads=1"]
         for o in args.overrides:
             cmd += ["--set", o]
         env = {**os.environ, "OMP_NUM_THREADS": "1", WORKER_ENV: "1"}
         procs.append((subprocess.Popen(cmd, env=env), result))
-    merged: dict[int, dict[str, dict[str, float]]] = {}
     failed = [p.args for p, _ in procs if p.wait() != 0]
     if failed:
         raise SystemExit(f"{len(failed)} worker(s) failed; see their output above")
+    merged: dict[int, dict[str, dict[str, float]]] = {}
     for _, result in procs:
-        merged.update({int(k): v for k, v in json.loads(result.read_text()).items()})
+        for seed, models in json.loads(result.read_text()).items():
+            have = merged.setdefault(int(seed), {})
+            if "base" in have and have["base"] != models["base"]:
+                print(f"warning: seed {seed}: workers trained different base models", file=sys.stderr)
+            have.update(models)
     return merged
 
 
@@ -200,7 +214,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--conf", default="conf/ml100k.yaml")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--seed-list", default="", help="comma-separated seeds (overrides --seeds)")
+    ap.add_argument("--tasks", default="", help=argparse.SUPPRESS)  # a worker's [[seed, [variants]], ...]
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--jobs", type=int, default=2, help="worker processes, seeds split between them")
     ap.add_argument("--out", default="divspa-output/bench-quality")
@@ -211,14 +225,15 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(1, args.seeds + 1))
+    seeds = list(range(1, args.seeds + 1))
     started = time.perf_counter()
-    if args.jobs > 1 and len(seeds) > 1:
-        by_seed = run_workers(args, seeds)
+    if args.jobs > 1 and not args.tasks:
+        by_seed = run_workers(args, seeds, variants)
     else:
+        tasks = json.loads(args.tasks) if args.tasks else [(seed, variants) for seed in seeds]
         by_seed, spark = {}, None
-        for seed in seeds:
-            by_seed[seed], spark = run_seed(args, seed, variants, spark, started)
+        for seed, mine in tasks:
+            by_seed[seed], spark = run_seed(args, seed, mine, spark, started)
     if args.results:
         Path(args.results).write_text(json.dumps(by_seed))
     if os.environ.get(WORKER_ENV):  # the parent reports over every worker's seeds

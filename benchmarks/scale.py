@@ -5,8 +5,8 @@
 
 Video (paper, Table 2): 11.62M users, 0.42M items, 25.34M clicks, i.e. per user 0.036 items
 and 2.18 clicks. Each rung runs ingest -> augment (base trained for --epochs epochs; IVF index;
-user corpus sharded) and records wall time and the peak resident memory of the whole process
-tree (Python driver, Spark JVM, Python workers) per stage. Fits time ~ a * users^b per stage
+user corpus sharded) and records wall time and the peak memory (RSS and PSS) of the whole
+process tree (Python driver, Spark JVM, Python workers) per stage. Fits time ~ a * users^b per stage
 and extrapolates to the full Video size on this machine.
 """
 
@@ -33,38 +33,57 @@ STAGES = ["ingest", "split", "prepare", "train_base", "export", "retrieve", "aug
 VIDEO_USERS, ITEMS_PER_USER, CLICKS_PER_USER = 11_620_000, 0.42 / 11.62, 25.34 / 11.62
 
 
-def tree_rss_mb(root: int) -> float:
-    """Resident memory of a process and all its descendants (from /proc)."""
+def _tree(root: int) -> list[int]:
+    """A process and all its descendants (from /proc)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            ppid, pages = int(fields[1]), int(fields[21])
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = pages
-    total, stack = 0, [root]
+    out, stack = [], [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        out.append(pid)
         stack.extend(children.get(pid, []))
-    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return out
+
+
+def tree_memory_mb(root: int) -> tuple[float, float]:
+    """(RSS, PSS) of the process tree in MB.
+
+    RSS counts a page shared by several processes (Python workers forked from one daemon, say)
+    once per process, so its sum overstates what the tree needs; PSS splits each shared page
+    between its sharers and sums to the memory actually used.
+    """
+    rss = pss = 0
+    for pid in _tree(root):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss / 1024, pss / 1024
 
 
 class PeakMemory:
     def __init__(self) -> None:
-        self.peak = 0.0
+        self.peak = self.peak_pss = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss_mb(os.getpid()))
+            rss, pss = tree_memory_mb(os.getpid())
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
             self._stop.wait(0.5)
 
     def __enter__(self) -> PeakMemory:
@@ -111,13 +130,14 @@ def main() -> None:
                 run_stage(ctx, BY_NAME[stage])
                 wall = time.perf_counter() - start
             table[n][stage] = (wall, mem.peak)
-            print(f"{n:>9,} users  {stage:<11} {wall:8.1f}s  peak {mem.peak:8,.0f} MB", flush=True)
+            print(f"{n:>9,} users  {stage:<11} {wall:8.1f}s  peak RSS {mem.peak:8,.0f} MB  "
+                  f"PSS {mem.peak_pss:8,.0f} MB", flush=True)
         clicks = ctx.warehouse.row_count("clicks", where={"run_id": ctx.run_id})
         aug = ctx.warehouse.row_count("augmented_positives", where={"run_id": ctx.run_id})
         print(f"{n:>9,} users: {items:,} items, {clicks:,} clicks, {aug:,} augmented positives", flush=True)
 
     cores = os.cpu_count() or 1
-    print(f"\n# {cores} cores; wall seconds (peak MB of the process tree) per stage")
+    print(f"\n# {cores} cores; wall seconds (peak RSS MB of the process tree) per stage")
     print(f"{'users':>10}" + "".join(f"{s:>20}" for s in STAGES) + f"{'total s':>10}")
     for n in ladder:
         cells = "".join(f"{table[n][s][0]:>10.1f} ({table[n][s][1]:>6,.0f})" for s in STAGES)
