@@ -279,6 +279,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                           "the teacher can only keep candidates that retrieval found")
     if cfg.augment.m > cfg.augment.k:
         raise ConfigError(f"{source}: augment.m = {cfg.augment.m} exceeds augment.k = {cfg.augment.k}")
+    if cfg.split.mode == "per_user" and cfg.split.cut_time:
+        raise ConfigError(f"{source}: split.cut_time sets a global cut; it has no meaning with split.mode = per_user")
     return cfg
 
 

@@ -47,6 +47,10 @@ def test_out_of_range_is_named(tmp_path):
 def test_literal_choices(tmp_path):
     with pytest.raises(ConfigError, match=r"source\.format = 'avro' is not one of"):
         load_config(write(tmp_path, "source:\n  format: avro\n"))
+    with pytest.raises(ConfigError, match=r"split\.mode = 'weekly' is not one of"):
+        load_config(None, ["split.mode=weekly"])
+    with pytest.raises(ConfigError, match=r"split\.cut_time sets a global cut; .* split\.mode = per_user"):
+        load_config(None, ["split.mode=per_user", "split.cut_time=2026-01-01T00:00:00"])
 
 
 def test_overrides_are_typed_and_validated():
