@@ -154,8 +154,9 @@ def plan(seeds: list[int], variants: list[str], jobs: int) -> list[list[tuple[in
     work: list[list[tuple[int, list[str]]]] = [[(s, variants) for s in seeds[j:full:jobs]] for j in range(jobs)]
     for seed in seeds[full:]:
         for j in range(jobs):
-            if variants[j::jobs]:
-                work[j].append((seed, variants[j::jobs]))
+            share = variants[j::jobs]
+            if share:
+                work[j].append((seed, share))
     return [w for w in work if w]
 
 
