@@ -53,37 +53,56 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def tree_memory_mb(root: int) -> tuple[float, float]:
-    """(RSS, PSS) of the process tree in MB.
+def _kind(pid: int, root: int) -> str:
+    if pid == root:
+        return "driver"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            exe = fh.read().split(b"\0", 1)[0]
+    except OSError:
+        return "other"
+    return "jvm" if exe.endswith(b"java") else "workers"
+
+
+def tree_memory_mb(root: int) -> tuple[float, float, dict[str, float]]:
+    """(RSS, PSS, PSS by kind: driver / jvm / workers) of the process tree in MB.
 
     RSS counts a page shared by several processes (Python workers forked from one daemon, say)
     once per process, so its sum overstates what the tree needs; PSS splits each shared page
     between its sharers and sums to the memory actually used.
     """
     rss = pss = 0
+    by_kind: dict[str, float] = {}
     for pid in _tree(root):
+        p = 0
         try:
             with open(f"/proc/{pid}/smaps_rollup") as fh:
                 for line in fh:
                     if line.startswith("Rss:"):
                         rss += int(line.split()[1])
                     elif line.startswith("Pss:"):
-                        pss += int(line.split()[1])
+                        p = int(line.split()[1])
         except OSError:
             continue
-    return rss / 1024, pss / 1024
+        pss += p
+        kind = _kind(pid, root)
+        by_kind[kind] = by_kind.get(kind, 0.0) + p / 1024
+    return rss / 1024, pss / 1024, by_kind
 
 
 class PeakMemory:
     def __init__(self) -> None:
         self.peak = self.peak_pss = 0.0
+        self.at_peak: dict[str, float] = {}  # PSS by kind when the tree's PSS peaked
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss, pss = tree_memory_mb(os.getpid())
-            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
+            rss, pss, by_kind = tree_memory_mb(os.getpid())
+            self.peak = max(self.peak, rss)
+            if pss > self.peak_pss:
+                self.peak_pss, self.at_peak = pss, by_kind
             self._stop.wait(0.5)
 
     def __enter__(self) -> PeakMemory:
@@ -129,15 +148,16 @@ def main() -> None:
                 ctx.force = True
                 run_stage(ctx, BY_NAME[stage])
                 wall = time.perf_counter() - start
-            table[n][stage] = (wall, mem.peak)
+            table[n][stage] = (wall, mem.peak_pss)
+            kinds = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(mem.at_peak.items()))
             print(f"{n:>9,} users  {stage:<11} {wall:8.1f}s  peak RSS {mem.peak:8,.0f} MB  "
-                  f"PSS {mem.peak_pss:8,.0f} MB", flush=True)
+                  f"PSS {mem.peak_pss:8,.0f} MB ({kinds})", flush=True)
         clicks = ctx.warehouse.row_count("clicks", where={"run_id": ctx.run_id})
         aug = ctx.warehouse.row_count("augmented_positives", where={"run_id": ctx.run_id})
         print(f"{n:>9,} users: {items:,} items, {clicks:,} clicks, {aug:,} augmented positives", flush=True)
 
     cores = os.cpu_count() or 1
-    print(f"\n# {cores} cores; wall seconds (peak RSS MB of the process tree) per stage")
+    print(f"\n# {cores} cores; wall seconds (peak PSS MB of the process tree) per stage")
     print(f"{'users':>10}" + "".join(f"{s:>20}" for s in STAGES) + f"{'total s':>10}")
     for n in ladder:
         cells = "".join(f"{table[n][s][0]:>10.1f} ({table[n][s][1]:>6,.0f})" for s in STAGES)
