@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/scale.py                          # 50k, 100k, 200k, 500k, 1M users
     .venv/bin/python benchmarks/scale.py --users 50000,200000     # a shorter ladder
+    .venv/bin/python benchmarks/scale.py --users 1000000 --stages retrieve   # re-measure one stage
 
 Video (paper, Table 2): 11.62M users, 0.42M items, 25.34M clicks, i.e. per user 0.036 items
 and 2.18 clicks. Each rung runs ingest -> augment (base trained for --epochs epochs; IVF index;
@@ -126,7 +127,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--out", default="divspa-output/bench-scale")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--stages", default=",".join(STAGES),
+                    help="re-measure only these stages of rungs already in --out (earlier stages' tables are reused)")
     args = ap.parse_args()
+    stages = [s for s in STAGES if s in args.stages.split(",")]
     ladder = [int(u) for u in args.users.split(",")]
     spark = None
     table: dict[int, dict[str, tuple[float, float]]] = {}
@@ -142,7 +146,7 @@ def main() -> None:
         spark = ctx.spark
         logging.getLogger().setLevel(logging.WARNING)
         table[n] = {}
-        for stage in STAGES:
+        for stage in stages:
             with PeakMemory() as mem:
                 start = time.perf_counter()
                 ctx.force = True
@@ -158,14 +162,14 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     print(f"\n# {cores} cores; wall seconds (peak PSS MB of the process tree) per stage")
-    print(f"{'users':>10}" + "".join(f"{s:>20}" for s in STAGES) + f"{'total s':>10}")
+    print(f"{'users':>10}" + "".join(f"{s:>20}" for s in stages) + f"{'total s':>10}")
     for n in ladder:
-        cells = "".join(f"{table[n][s][0]:>10.1f} ({table[n][s][1]:>6,.0f})" for s in STAGES)
+        cells = "".join(f"{table[n][s][0]:>10.1f} ({table[n][s][1]:>6,.0f})" for s in stages)
         print(f"{n:>10,}{cells}{sum(t for t, _ in table[n].values()):>10.1f}")
     if len(ladder) >= 2:
         print(f"\n{'stage':<12}{'exponent b':>12}{'Video (11.62M users) est.':>28}")
         total = 0.0
-        for s in STAGES:
+        for s in stages:
             a, b = fit(ladder, [table[n][s][0] for n in ladder])
             est = a * VIDEO_USERS**b
             total += est
@@ -174,6 +178,8 @@ def main() -> None:
         print(f"{'total':<12}{b:>12.2f}{total / 3600:>24.1f} h  (sum of per-stage fits)")
         # Spark stages are data-parallel; train_base is one PyTorch process. Assuming the Spark part
         # scales with cores (it ran on `cores` here), each added core saves this much:
+        if "train_base" not in stages:
+            return
         train_a, train_b = fit(ladder, [table[n]["train_base"][0] for n in ladder])
         spark_part = total - train_a * VIDEO_USERS**train_b
         print(f"per added core (Spark stages scaling linearly from {cores} cores): "

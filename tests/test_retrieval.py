@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from divspa.config import RetrieveConfig
@@ -48,7 +49,8 @@ def test_spark_topk_equals_brute_force(spark, tmp_path, shards, case):
     prepared = prepare_corpus(c, cfg, str(tmp_path / "scratch"), case, seed=1)
     assert (prepared.broadcast is None) == (shards > 0)
     got: dict[int, list] = {}
-    for r in knn(q, prepared, k, partitions=3).orderBy("query_id", "rank").collect():
+    # 40 queries in 3 partitions, searched 5 at a time (a broadcast corpus) or whole (shards)
+    for r in knn(q, prepared, k, partitions=3, batch=5).orderBy("query_id", "rank").collect():
         got.setdefault(r["query_id"], []).append((r["neighbour_id"], r["score"]))
     expected = brute_force(queries, qids, corpus, cids, exclude, k)
     assert set(got) == set(expected)
@@ -85,3 +87,30 @@ def test_approximate_indexes_have_high_recall(index):
     recall = len(set(zip(np.repeat(np.arange(200), 10), truth, strict=True))
                  & set(zip(np.repeat(np.arange(200), 10), found, strict=True))) / len(truth)
     assert recall > 0.9
+
+
+def test_query_batches_are_regrouped_in_order_and_bounded():
+    from divspa.retrieval.spark_knn import _query_tables
+
+    batches = [pa.record_batch({"query_id": pa.array(np.arange(a, b), pa.int64())}) for a, b in ((0, 3), (3, 3), (3, 11), (11, 12))]
+    tables = list(_query_tables(iter(batches), 4))
+    assert [t.num_rows for t in tables] == [4, 4, 4]
+    assert np.concatenate([t.column("query_id").to_numpy() for t in tables]).tolist() == list(range(12))
+    assert [t.num_rows for t in _query_tables(iter(batches), 5)] == [5, 5, 2]
+    assert list(_query_tables(iter([]), 4)) == []
+
+
+def test_ranking_in_batches_changes_nothing():
+    rng = np.random.default_rng(5)
+    corpus = normalise(rng.normal(size=(400, 8)).astype(np.float32))
+    ids = rng.choice(10_000, 400, replace=False).astype(np.int64)
+    shards = [Shard(build_index(corpus[:250], RetrieveConfig()), ids[:250], corpus[:250]),
+              Shard(build_index(corpus[250:], RetrieveConfig()), ids[250:], corpus[250:])]
+    queries = normalise(rng.normal(size=(50, 8)).astype(np.float32))
+    exclude = [rng.choice(ids, size=int(rng.integers(0, 40)), replace=False) for _ in range(50)]
+    whole = search_topk(shards, queries, exclude, 9, batch=10_000)
+    for batch in (1, 3, 7):
+        got = search_topk(shards, queries, exclude, 9, batch=batch)
+        for a, b in zip(got, whole, strict=True):
+            assert np.array_equal(a, b)
+    assert len(whole[0]) == 50 * 9

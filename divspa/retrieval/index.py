@@ -114,9 +114,11 @@ def _rank_order(ids: np.ndarray, score32: np.ndarray) -> np.ndarray:
 
 
 def search_topk(shards: Iterable[Shard], queries: np.ndarray, exclude: list[np.ndarray], k: int,
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                batch: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top k per query over all shards (each visited once), minus each query's excluded ids.
 
+    Candidates are masked and ranked `batch` queries at a time, so that the temporaries of that
+    step scale with the batch, not with the number of queries passed in.
     Returns flat arrays (query row, neighbour id, score) sorted by query row, then rank.
     """
     n_excl = np.array([len(e) for e in exclude], dtype=np.int64)
@@ -127,25 +129,30 @@ def search_topk(shards: Iterable[Shard], queries: np.ndarray, exclude: list[np.n
         for b, sel in groups.items():
             found[b].append(_search_shard(shard, queries[sel], b))
     out_rows, out_ids, out_scores = [], [], []
-    for b, sel in groups.items():
-        ids = np.concatenate([p[0] for p in found[b]], axis=1)
-        scores = np.concatenate([p[1] for p in found[b]], axis=1)
-        # Mask excluded ids: (row, id) pairs encoded as one int64 key and looked up at once.
-        excl_rows = np.repeat(np.arange(len(sel)), n_excl[sel])
-        excl_ids = np.concatenate([exclude[i] for i in sel]).astype(np.int64) if len(excl_rows) else np.empty(0, np.int64)
-        span = np.int64(max(int(ids.max(initial=0)), int(excl_ids.max(initial=0))) + 2)
-        keys = np.arange(len(sel))[:, None] * span + (ids + 1)
-        banned = (np.isin(keys, excl_rows * span + (excl_ids + 1)) if len(excl_ids) else False) | (ids < 0)
-        score32 = np.where(banned, -np.inf, scores).astype(np.float32)
-        # Rank by score (float32, as stored), ties by id; keep the first k that are not banned.
-        order = _rank_order(ids, score32)
-        ids_sorted = np.take_along_axis(ids, order, axis=1)[:, :k]
-        sc_sorted = np.take_along_axis(score32, order, axis=1)[:, :k]
-        valid = np.isfinite(sc_sorted)
-        rows = np.repeat(sel[:, None], ids_sorted.shape[1], axis=1)
-        out_rows.append(rows[valid])
-        out_ids.append(ids_sorted[valid])
-        out_scores.append(sc_sorted[valid])
+    for b, sel_all in groups.items():
+        ids_all = np.concatenate([p[0] for p in found[b]], axis=1)
+        scores_all = np.concatenate([p[1] for p in found[b]], axis=1)
+        del found[b]
+        for start in range(0, len(sel_all), batch):
+            sel = sel_all[start:start + batch]
+            ids, scores = ids_all[start:start + batch], scores_all[start:start + batch]
+            # Mask excluded ids: (row, id) pairs encoded as one int64 key and looked up at once.
+            excl_rows = np.repeat(np.arange(len(sel)), n_excl[sel])
+            excl_ids = (np.concatenate([exclude[i] for i in sel]).astype(np.int64) if len(excl_rows)
+                        else np.empty(0, np.int64))
+            span = np.int64(max(int(ids.max(initial=0)), int(excl_ids.max(initial=0))) + 2)
+            keys = np.arange(len(sel))[:, None] * span + (ids + 1)
+            banned = (np.isin(keys, excl_rows * span + (excl_ids + 1)) if len(excl_ids) else False) | (ids < 0)
+            score32 = np.where(banned, -np.inf, scores).astype(np.float32)
+            # Rank by score (float32, as stored), ties by id; keep the first k that are not banned.
+            order = _rank_order(ids, score32)
+            ids_sorted = np.take_along_axis(ids, order, axis=1)[:, :k]
+            sc_sorted = np.take_along_axis(score32, order, axis=1)[:, :k]
+            valid = np.isfinite(sc_sorted)
+            rows = np.repeat(sel[:, None], ids_sorted.shape[1], axis=1)
+            out_rows.append(rows[valid])
+            out_ids.append(ids_sorted[valid])
+            out_scores.append(sc_sorted[valid])
     if not out_rows:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     rows = np.concatenate(out_rows)

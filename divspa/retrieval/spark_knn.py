@@ -112,31 +112,59 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
     return Corpus(paths=tuple(r["path"] for r in built))
 
 
-def _search(corpus: Corpus, k: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    faiss.omp_set_num_threads(1)  # one Spark task per core
-    batches = [b for b in batches if b.num_rows]
-    if not batches:
-        return
-    table = pa.Table.from_batches(batches)  # this partition's queries (bounded by the partitioning)
+def _query_tables(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
+    """The partition's query batches regrouped into tables of `size` rows (the last one shorter)."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for b in batches:
+        while b.num_rows:
+            take = min(b.num_rows, size - rows)
+            pending.append(b.slice(0, take))
+            rows += take
+            b = b.slice(take)
+            if rows == size:
+                yield pa.Table.from_batches(pending)
+                pending, rows = [], 0
+    if rows:
+        yield pa.Table.from_batches(pending)
+
+
+def _topk_rows(corpus: Corpus, k: int, table: pa.Table, batch: int = 4096) -> pa.RecordBatch:
     qids = table.column("query_id").to_numpy()
     queries = normalise(_vectors(table))
     excl_col = table.column("exclude").combine_chunks()
     flat = np.asarray(pc.list_flatten(excl_col).to_numpy(zero_copy_only=False), dtype=np.int64)
     offsets = np.asarray(excl_col.offsets.to_numpy(), dtype=np.int64) - int(excl_col.offsets[0].as_py())
     exclude = [flat[offsets[i]:offsets[i + 1]] for i in range(len(qids))]
-    rows, ids, scores = search_topk(corpus.shards(), queries, exclude, k)
+    rows, ids, scores = search_topk(corpus.shards(), queries, exclude, k, batch)
     # rank = position within each query's run of rows (rows are sorted by query, then rank)
     starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.empty(0, np.int64)
     run_len = np.diff(np.r_[starts, len(rows)])
     rank = np.arange(len(rows)) - np.repeat(starts, run_len) + 1
-    yield pa.RecordBatch.from_arrays(
+    return pa.RecordBatch.from_arrays(
         [pa.array(qids[rows], pa.int64()), pa.array(rank, pa.int32()), pa.array(ids, pa.int64()),
          pa.array(scores, pa.float32())], names=["query_id", "rank", "neighbour_id", "score"])
 
 
-def knn(queries: DataFrame, corpus: Corpus, k: int, partitions: int = 0) -> DataFrame:
-    """Top-k neighbours of each query (query_id, vector, exclude) in the prepared corpus."""
+def _search(corpus: Corpus, k: int, batch: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Search a partition's queries `batch` at a time against a broadcast corpus (results stream
+    out while the next batch is searched, and memory stays bounded by the batch). Against shards,
+    all of the partition's queries go together so that each shard file is read once per
+    partition: the candidate lists then grow with the partition (queries x depth x shards), the
+    ranking's temporaries still with the batch; `retrieve.partitions` bounds the rest."""
+    faiss.omp_set_num_threads(1)  # one Spark task per core
+    size = batch if corpus.broadcast is not None else 2**62
+    for table in _query_tables(batches, size):
+        yield _topk_rows(corpus, k, table, batch)
+
+
+def knn(queries: DataFrame, corpus: Corpus, k: int, partitions: int = 0, batch: int = 4096) -> DataFrame:
+    """Top-k neighbours of each query (query_id, vector, exclude) in the prepared corpus.
+
+    Results never depend on `partitions` or `batch` (see `search_topk`): they only trade memory
+    per task against the number of faiss calls.
+    """
     if partitions:
         queries = queries.repartition(partitions, "query_id")
-    search: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]] = lambda it: _search(corpus, k, it)  # noqa: E731
+    search: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]] = lambda it: _search(corpus, k, batch, it)  # noqa: E731
     return queries.select("query_id", "vector", "exclude").mapInArrow(search, RESULT_SCHEMA)

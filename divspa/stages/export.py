@@ -59,7 +59,7 @@ def _item_vectors(bc: Broadcast, key: str, batches: Iterator[pa.RecordBatch]) ->
     for batch in batches:
         idx = batch.column(0).to_numpy()
         with torch.no_grad():
-            vectors = bundle.model.item_vectors(torch.from_numpy(idx)).numpy()
+            vectors = bundle.model.item_vectors(torch.from_numpy(idx.copy())).numpy()  # Arrow's view is read-only
         yield _vector_batch(bundle.vocab.item_id(idx), vectors, "item_id")
 
 

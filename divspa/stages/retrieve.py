@@ -47,16 +47,16 @@ def neighbours(ctx: RunContext, version: str, scratch: str) -> DataFrame:
         q = users.join(seen, "id", "left").select(
             F.col("id").alias("query_id"), "vector",
             F.coalesce("exclude", F.array().cast("array<bigint>")).alias("exclude"))
-        parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions).withColumn("strategy", F.lit("u2i")))
+        parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("u2i")))
     if "i2i" in strategies:
         positives = ctx.read("train_examples").select(F.col("item_id").alias("id")).distinct()
         q = items.join(positives, "id", "left_semi").select(
             F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
-        parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions).withColumn("strategy", F.lit("i2i")))
+        parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("i2i")))
     if "u2u" in strategies:
         user_corpus = prepare_corpus(users, rcfg, scratch, "users", seed)
         q = users.select(F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
-        parts.append(knn(q, user_corpus, rcfg.k_users, rcfg.partitions).withColumn("strategy", F.lit("u2u")))
+        parts.append(knn(q, user_corpus, rcfg.k_users, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("u2u")))
     if not parts:  # every strategy ablated: an empty neighbour list for this teacher
         return ctx.spark.createDataFrame([], load_schema("neighbours").spark)
     out = parts[0]
