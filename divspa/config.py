@@ -398,6 +398,9 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping, got {type(value).__name__}")
+        if args[1] is str:  # spark.conf: YAML's true / 4 / 0.5 are Spark's "true" / "4" / "0.5"
+            value = {k: (str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v)
+                     for k, v in value.items()}
         return {str(k): _convert(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, f"{key}.", source)

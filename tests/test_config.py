@@ -58,6 +58,11 @@ def test_overrides_are_typed_and_validated():
     assert cfg.split.test_fraction == 0.2
     assert cfg.spark.conf == {"spark.foo": "bar"}
     assert cfg.run_id == "20261122"
+    # Spark settings are text to Spark; YAML scalars are written as Spark spells them
+    cfg = load_config(None, ["spark.conf.spark.a=true", "spark.conf.spark.b=4", "spark.conf.spark.c=0.5"])
+    assert cfg.spark.conf == {"spark.a": "true", "spark.b": "4", "spark.c": "0.5"}
+    with pytest.raises(ConfigError, match="must be a string"):
+        load_config(None, ["spark.conf.spark.d=[1]"])
     with pytest.raises(ConfigError, match="unknown key split.cut"):
         load_config(None, ["split.cut=1"])
     with pytest.raises(ConfigError, match="expected key.sub=value"):
