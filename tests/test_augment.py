@@ -10,7 +10,8 @@ from pyspark.sql import functions as F
 from divspa.augment import beta_rank_probs, sample
 from divspa.config import AugmentConfig
 from divspa.models.checkpoint import load_checkpoint
-from divspa.stages.train_base import BASE_VERSION, checkpoint_path
+from divspa.models.divspa import DivspaTrainer
+from divspa.stages.train_base import BASE_VERSION, build_bundle, checkpoint_path
 from divspa.stages.train_divspa import train_student
 from tests.conftest import rerun
 
@@ -101,6 +102,30 @@ def test_student_without_strategies_is_the_base_model(augmented):
     assert base.keys() == students["wo-all"].keys()
     assert all(torch.equal(base[k], students["wo-all"][k]) for k in base)
     assert not all(torch.equal(base[k], students["all"][k]) for k in base)  # augmentation does change it
+
+
+def test_student_can_train_for_the_teachers_epochs(augmented):
+    # divspa.student_epochs = teacher: no early stopping on the (augmentation-biased) validation
+    # HR; exactly the teacher's best epoch count, last weights kept.
+    ctx = augmented
+    teacher_epochs = int(load_checkpoint(checkpoint_path(ctx, BASE_VERSION)).meta["best_epoch"])
+    ctx.cfg.divspa.student_epochs, patience, epochs = "teacher", ctx.cfg.train.patience, ctx.cfg.train.epochs
+    ctx.cfg.train.patience, ctx.cfg.train.epochs = 1, 1  # neither may cut it short or bound it
+    try:
+        out = train_student(ctx, "test.fixed", BASE_VERSION, "test-fixed")
+    finally:
+        ctx.cfg.divspa.student_epochs, ctx.cfg.train.patience, ctx.cfg.train.epochs = "early_stopping", patience, epochs
+    assert out["best_epoch"] == teacher_epochs
+    assert load_checkpoint(checkpoint_path(ctx, "test-fixed")).meta["best_epoch"] == teacher_epochs
+    # and the trainer runs a fixed count past train.epochs and patience
+    ctx.cfg.train.patience, ctx.cfg.train.epochs = 1, 1
+    try:
+        trainer = DivspaTrainer(ctx.cfg, build_bundle(ctx, "test-fixed3"), ctx.warehouse.dataset("divspa_examples"),
+                                ctx.run_id, where={"teacher": BASE_VERSION})
+        report = trainer.fit(3)
+    finally:
+        ctx.cfg.train.patience, ctx.cfg.train.epochs = patience, epochs
+    assert (report.epochs_run, report.best_epoch, len(report.val_hr)) == (3, 3, 3)
 
 
 def synthetic_candidates(spark, groups: int, k: int):

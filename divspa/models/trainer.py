@@ -137,15 +137,19 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def fit(self) -> TrainReport:
+    def fit(self, epochs: int | None = None) -> TrainReport:
+        """Train with early stopping on validation HR, or for exactly `epochs` epochs (then the
+        last weights are kept and validation is only reported)."""
+        fixed = epochs is not None
+        epochs = epochs if fixed else self.tcfg.epochs
         report = TrainReport()
         best_state: dict[str, Any] | None = None
         bad_epochs = 0
         started = time.monotonic()
         has_val = self.dataset.count_rows(filter=self.val_filter) > 0
-        for epoch in range(1, self.tcfg.epochs + 1):
+        for epoch in range(1, epochs + 1):
             self.model.train()
-            progress = Progress(f"epoch {epoch}/{self.tcfg.epochs}", self.train_rows, self.tcfg.log_every_s)
+            progress = Progress(f"epoch {epoch}/{epochs}", self.train_rows, self.tcfg.log_every_s)
             total, seen = 0.0, 0
             for table in stream_tables(self.dataset, self.columns, self.train_filter, self.tcfg.batch_size,
                                        self.tcfg.shuffle_buffer, self.cfg.run.seed, epoch):
@@ -163,6 +167,9 @@ class Trainer:
             val = self.validate() if has_val else -report.train_loss[-1]
             report.val_hr.append(val)
             log.info("epoch %d: train loss %.4f, val HR@%d %.4f", epoch, report.train_loss[-1], self.tcfg.val_k, val)
+            if fixed:
+                report.best_val_hr, report.best_epoch = val, epoch
+                continue
             if best_state is None or val > report.best_val_hr:
                 report.best_val_hr, report.best_epoch = val, epoch
                 best_state = copy.deepcopy(self.model.state_dict())

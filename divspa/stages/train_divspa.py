@@ -14,7 +14,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from divspa.models.checkpoint import save_checkpoint
+from divspa.models.checkpoint import load_checkpoint, save_checkpoint
 from divspa.models.divspa import DivspaTrainer
 from divspa.runtime import RunContext
 from divspa.stages import Stage
@@ -66,7 +66,11 @@ def train_student(ctx: RunContext, label: str, teacher: str, version: str) -> di
     bundle.meta.update({"teacher": teacher, "beta": cfg.divspa.beta, "mixup": cfg.divspa.mixup,
                         "strategies": list(cfg.augment.strategies), "sampler": cfg.augment.sampler})
     trainer = DivspaTrainer(cfg, bundle, ctx.warehouse.dataset("divspa_examples"), ctx.run_id, where={"teacher": teacher})
-    report = trainer.fit()
+    epochs = None
+    if cfg.divspa.student_epochs == "teacher":
+        epochs = int(load_checkpoint(checkpoint_path(ctx, teacher)).meta["best_epoch"])
+        log.info("%s: training %d epochs, the teacher's (%s) best", version, epochs, teacher)
+    report = trainer.fit(epochs)
     bundle.model = trainer.model.cpu()
     bundle.meta.update({"best_epoch": report.best_epoch, "val_hr": report.best_val_hr})
     save_checkpoint(checkpoint_path(ctx, version), bundle)
