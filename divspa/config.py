@@ -205,7 +205,8 @@ class DivspaConfig:
     # How long a student trains. "early_stopping": on its validation HR, like the base model. But
     # candidates exclude every train click, validation clicks included, so a student is never taught
     # its validation items and its validation HR reads low (0.009-0.016 below base on ML-100K).
-    # "teacher": exactly the teacher's best epoch count, keeping the last weights.
+    # "teacher": exactly the teacher's best epoch count, keeping the last weights. Measured on ML-100K
+    # (BENCHMARKS, "Still open"): no better in accuracy and significantly less diverse, so not the default.
     student_epochs: Literal["early_stopping", "teacher"] = "early_stopping"
 
 
