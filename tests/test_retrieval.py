@@ -114,3 +114,18 @@ def test_ranking_in_batches_changes_nothing():
         for a, b in zip(got, whole, strict=True):
             assert np.array_equal(a, b)
     assert len(whole[0]) == 50 * 9
+
+
+@pytest.mark.parametrize("with_exclusions", [False, True])
+def test_corpus_smaller_than_k_returns_every_survivor_in_order(with_exclusions):
+    rng = np.random.default_rng(11)
+    corpus = normalise(rng.normal(size=(6, 4)).astype(np.float32))
+    ids = np.array([50, 10, 40, 20, 60, 30], dtype=np.int64)
+    queries = normalise(rng.normal(size=(4, 4)).astype(np.float32))
+    exclude = ([np.array([10, 60]), np.empty(0, np.int64), np.array([30]), np.empty(0, np.int64)] if with_exclusions
+               else [np.empty(0, np.int64)] * 4)
+    rows, got, scores = search_topk([Shard(build_index(corpus, RetrieveConfig()), ids, corpus)], queries, exclude, 10)
+    expected = brute_force(queries, np.arange(4), corpus, ids, exclude, 10)
+    assert rows.tolist() == [q for q in range(4) for _ in expected[q]]  # grouped by query, in order
+    assert got.tolist() == [i for q in range(4) for i, _ in expected[q]]
+    assert np.allclose(scores, [s for q in range(4) for _, s in expected[q]], atol=1e-6)

@@ -62,7 +62,7 @@ class Shard:
     vectors: np.ndarray  # normalised float32, for exact re-scoring
 
 
-RESCORE_CHUNK = 256  # queries re-scored at a time: their candidates' vectors stay in cache
+RESCORE_CHUNK = 64  # queries re-scored at a time: their candidates' vectors stay in cache
 
 
 def _search_shard(shard: Shard, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,14 +74,15 @@ def _search_shard(shard: Shard, queries: np.ndarray, depth: int) -> tuple[np.nda
     _, rows = shard.index.search(queries, depth)
     ok = rows >= 0
     safe = np.maximum(rows, 0)
-    ids = np.where(ok, shard.ids[safe], -1)
+    ids = np.where(ok, np.take(shard.ids, safe), -1)
     # Exact, batch-independent scores: float64 dot products of the stored float32 vectors, a few
     # queries at a time (each element is its own reduction over d, whatever the chunk).
     scores = np.empty(rows.shape, np.float64)
     q64 = queries.astype(np.float64)
     for start in range(0, len(queries), RESCORE_CHUNK):
         end = start + RESCORE_CHUNK
-        cand = shard.vectors[safe[start:end]].astype(np.float64)
+        # np.take gathers rows about twice as fast as fancy indexing (measured, numpy 2)
+        cand = np.take(shard.vectors, safe[start:end], axis=0).astype(np.float64)
         np.einsum("bkd,bd->bk", cand, q64[start:end], out=scores[start:end])
     scores[~ok] = -np.inf
     return ids, scores
@@ -136,25 +137,32 @@ def search_topk(shards: Iterable[Shard], queries: np.ndarray, exclude: list[np.n
         for start in range(0, len(sel_all), batch):
             sel = sel_all[start:start + batch]
             ids, scores = ids_all[start:start + batch], scores_all[start:start + batch]
-            # Mask excluded ids: (row, id) pairs encoded as one int64 key and looked up at once.
-            excl_rows = np.repeat(np.arange(len(sel)), n_excl[sel])
-            excl_ids = (np.concatenate([exclude[i] for i in sel]).astype(np.int64) if len(excl_rows)
-                        else np.empty(0, np.int64))
-            span = np.int64(max(int(ids.max(initial=0)), int(excl_ids.max(initial=0))) + 2)
-            keys = np.arange(len(sel))[:, None] * span + (ids + 1)
-            banned = (np.isin(keys, excl_rows * span + (excl_ids + 1)) if len(excl_ids) else False) | (ids < 0)
-            score32 = np.where(banned, -np.inf, scores).astype(np.float32)
+            score32 = scores.astype(np.float32)  # missing candidates (id -1) already score -inf
+            if n_excl[sel].any():
+                # Mask excluded ids: (row, id) pairs encoded as one int64 key and looked up at once.
+                excl_rows = np.repeat(np.arange(len(sel)), n_excl[sel])
+                excl_ids = np.concatenate([exclude[i] for i in sel]).astype(np.int64)
+                span = np.int64(max(int(ids.max(initial=0)), int(excl_ids.max(initial=0))) + 2)
+                keys = np.arange(len(sel))[:, None] * span + (ids + 1)
+                score32[np.isin(keys, excl_rows * span + (excl_ids + 1))] = -np.inf
             # Rank by score (float32, as stored), ties by id; keep the first k that are not banned.
             order = _rank_order(ids, score32)
             ids_sorted = np.take_along_axis(ids, order, axis=1)[:, :k]
             sc_sorted = np.take_along_axis(score32, order, axis=1)[:, :k]
             valid = np.isfinite(sc_sorted)
+            if valid.all():  # the common case: every query has k results, no masking copies
+                out_rows.append(np.repeat(sel, sc_sorted.shape[1]))
+                out_ids.append(ids_sorted.ravel())
+                out_scores.append(sc_sorted.ravel())
+                continue
             rows = np.repeat(sel[:, None], ids_sorted.shape[1], axis=1)
             out_rows.append(rows[valid])
             out_ids.append(ids_sorted[valid])
             out_scores.append(sc_sorted[valid])
     if not out_rows:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    rows = np.concatenate(out_rows)
+    rows, ids, scores = np.concatenate(out_rows), np.concatenate(out_ids), np.concatenate(out_scores)
+    if len(groups) == 1:  # one depth: batches came out in query order already
+        return rows, ids, scores
     order = np.argsort(rows, kind="stable")
-    return rows[order], np.concatenate(out_ids)[order], np.concatenate(out_scores)[order]
+    return rows[order], ids[order], scores[order]

@@ -29,7 +29,10 @@ from divspa.config import RetrieveConfig
 from divspa.retrieval.index import Shard, build_index, deserialize, normalise, search_topk, serialize
 
 log = logging.getLogger(__name__)
-RESULT_SCHEMA = "query_id bigint, rank int, neighbour_id bigint, score float"
+# NOT NULL as in schemas/neighbours.json: Spark then skips a null check per value when it turns
+# the Arrow batches into rows, and the Delta guard's null checks fold away (about 20 % of the
+# JVM's share of retrieve, benchmarks/retrieval.py).
+RESULT_SCHEMA = "query_id bigint not null, rank int not null, neighbour_id bigint not null, score float not null"
 _CACHE: dict[str, Shard] = {}  # per Python worker: broadcast digest -> shard
 
 
