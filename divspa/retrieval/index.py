@@ -149,16 +149,13 @@ def search_topk(shards: Iterable[Shard], queries: np.ndarray, exclude: list[np.n
             order = _rank_order(ids, score32)
             ids_sorted = np.take_along_axis(ids, order, axis=1)[:, :k]
             sc_sorted = np.take_along_axis(score32, order, axis=1)[:, :k]
-            valid = np.isfinite(sc_sorted)
-            if valid.all():  # the common case: every query has k results, no masking copies
-                out_rows.append(np.repeat(sel, sc_sorted.shape[1]))
-                out_ids.append(ids_sorted.ravel())
-                out_scores.append(sc_sorted.ravel())
-                continue
-            rows = np.repeat(sel[:, None], ids_sorted.shape[1], axis=1)
-            out_rows.append(rows[valid])
-            out_ids.append(ids_sorted[valid])
-            out_scores.append(sc_sorted[valid])
+            got_rows, got_ids, got_scores = np.repeat(sel, sc_sorted.shape[1]), ids_sorted.ravel(), sc_sorted.ravel()
+            valid = np.isfinite(got_scores)
+            if not valid.all():  # queries with fewer than k results left (small corpus, exclusions)
+                got_rows, got_ids, got_scores = got_rows[valid], got_ids[valid], got_scores[valid]
+            out_rows.append(got_rows)
+            out_ids.append(got_ids)
+            out_scores.append(got_scores)
     if not out_rows:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     rows, ids, scores = np.concatenate(out_rows), np.concatenate(out_ids), np.concatenate(out_scores)
