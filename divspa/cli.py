@@ -13,9 +13,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from divspa import storage
 from divspa.config import Config, ConfigError, load_config
+from divspa.delta import DeltaWriteError
 from divspa.pipeline import BY_NAME, STAGES, run_pipeline, run_stage
 from divspa.runtime import RunContext, StageError, setup_logging
+from divspa.schemas import SchemaError
+from divspa.sql import ReadOnlyError
 
 log = logging.getLogger("divspa")
 
@@ -45,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("table")
     p.add_argument("--limit", type=int, default=20)
-    p = sub.add_parser("sql", help="run Spark SQL over the warehouse's tables, by name")
+    p = sub.add_parser("sql", help="read-only Spark SQL over the warehouse's tables, by name "
+                                   "(time travel and DESCRIBE HISTORY with native Delta)")
     _common(p)
     p.add_argument("query", help='e.g. "SELECT strategy, count(*) FROM augmented_positives GROUP BY 1"')
     p.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
@@ -90,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("traceback", exc_info=True)
         print(f"divspa: {exc}", file=sys.stderr)
         return 1
+    except (ReadOnlyError, DeltaWriteError, SchemaError, storage.StorageError, FileNotFoundError) as exc:
+        log.debug("traceback", exc_info=True)
+        print(f"divspa: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
 
 
 def _print_summary(ctx: RunContext, stats: dict) -> None:
@@ -123,17 +132,16 @@ def _print_comparison(ctx: RunContext) -> None:
         vals = [get.get((m, "hr", k)) for k in ks] + [get.get((m, "ndcg", k)) for k in ks]
         vals += [get.get((m, "distinct_items", k)) for k in dks]
         print(f"{m:<12}" + "".join(f"{v:>14.4f}" if v is not None and v < 1.0 else f"{v or 0:>14,.0f}" for v in vals))
-    report = ctx.cfg.run_dir / "report.html"
-    if report.is_file():
+    report = storage.join(ctx.cfg.run_dir, "report.html")
+    if storage.settings().is_file(report):
         print(f"\nreport: {report}")
 
 
 def _inspect(args: argparse.Namespace, cfg: Config) -> int:
-    from divspa.delta import Warehouse
-    from divspa.spark import get_spark
+    from divspa.runtime import connect
 
     setup_logging("WARNING")
-    wh = Warehouse(get_spark(cfg.spark), cfg.warehouse)
+    _, wh = connect(cfg)
     if args.command == "tables":
         names = wh.tables()
         if not names:
@@ -159,9 +167,11 @@ def _inspect(args: argparse.Namespace, cfg: Config) -> int:
 def _sql(wh, query: str, limit: int) -> int:
     from pyspark.errors import PySparkException
 
-    for name in wh.tables():  # every table by its name, at its current version
-        wh.read(name).createOrReplaceTempView(name)
+    from divspa.sql import check_read_only, register_tables
+
     try:
+        check_read_only(wh.spark, query)  # before anything runs: DDL/DML would execute eagerly
+        register_tables(wh)
         df = wh.spark.sql(query)
         rows = df.limit(limit + 1).collect()
     except PySparkException as exc:

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from divspa import storage
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key and the source."""
@@ -43,6 +45,10 @@ class RunConfig:
     run_id: str | None = None  # default: today's UTC date, YYYY-MM-DD
     seed: int = _opt(42, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Extra delta-rs / object_store options for URIs (e.g. aws_conditional_put: etag, or
+    # AWS_S3_LOCKING_PROVIDER: dynamodb for embedded commits to S3). Endpoint and credentials
+    # come from spark.conf's spark.hadoop.fs.s3a.* (or AWS_* variables), not from here.
+    storage_options: dict[str, str] = _opt({})
 
 
 @dataclass
@@ -53,6 +59,10 @@ class SparkConfig:
     driver_memory: str = "4g"  # only effective when this process starts the JVM (local mode)
     ui: bool = False
     conf: dict[str, str] = _opt({})  # any further spark.* settings, passed through verbatim
+    # How Delta tables are written: native = delta-spark (jars from ./dev.sh setup, or the
+    # submitter's --jars/--packages); embedded = Spark writes Parquet, delta-rs commits; auto =
+    # native when the jars are there. Either way the tables are the same Delta tables.
+    delta: Literal["auto", "native", "embedded"] = "auto"
 
 
 @dataclass
@@ -238,17 +248,23 @@ class Config:
     def run_id(self) -> str:
         return self.run.run_id or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
 
+    # Locations are strings (local paths or URIs such as s3a://bucket/divspa), never pathlib.
+
+    @property
+    def output_dir(self) -> str:
+        return storage.resolve(self.run.output_dir)
+
     @property
     def warehouse(self) -> str:
-        return str(Path(self.run.output_dir) / "warehouse")
+        return storage.join(self.output_dir, "warehouse")
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.run.output_dir) / "runs" / self.run_id
+    def run_dir(self) -> str:
+        return storage.join(self.output_dir, "runs", self.run_id)
 
     @property
-    def model_dir(self) -> Path:
-        return Path(self.run.output_dir) / "models" / self.run_id
+    def model_dir(self) -> str:
+        return storage.join(self.output_dir, "models", self.run_id)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,6 +455,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML, secrets (spark.conf keys, storage options) masked."""
     data = config_to_dict(cfg)
     data["run"]["run_id"] = cfg.run_id
+    data["spark"]["conf"] = storage.redact(data["spark"]["conf"])
+    data["run"]["storage_options"] = storage.redact(data["run"]["storage_options"])
     return yaml.safe_dump(data, sort_keys=False)

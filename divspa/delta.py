@@ -7,10 +7,15 @@ and commits them to `_delta_log` in one transaction with delta-rs. Until that co
 are invisible to every Delta reader, so a failed write leaves the table exactly at its previous
 version; the staging directory and moved files are removed on failure.
 
-Native mode (delta-spark on the classpath, e.g. a cluster): the same calls use
-`format("delta")` with `replaceWhere` and `txnAppId`/`txnVersion`.
+Native mode (delta-spark's jars on the classpath: ./dev.sh setup fetches them, clusters pass
+--jars/--packages): the same calls use `format("delta")` with `replaceWhere` and
+`txnAppId`/`txnVersion`; delta-spark commits. Reads of the log (versions, history, committed
+transactions, row counts) go through delta-rs in both modes: it answers in milliseconds and
+needs no Spark job.
 
 Either way the result is an ordinary Delta table, readable by delta-rs, delta-spark, DuckDB...
+The warehouse root may be a local path or a URI (s3a://, gs://, abfss://, hdfs://): Spark gets
+the s3a:// spelling, delta-rs and pyarrow the s3:// one, with options from `divspa.storage`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import posixpath
 import time
 import uuid
@@ -44,6 +48,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from divspa import storage
 from divspa.schemas import TableSchema, check_dataframe, load_schema
 from divspa.spark import delta_spark_available
 
@@ -76,29 +81,46 @@ class WriteResult:
     skipped: bool = False
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 class Warehouse:
     """A directory (or object-store prefix) of Delta tables, one per name in `schemas/`."""
 
-    def __init__(self, spark: SparkSession, root: str, native: bool | None = None) -> None:
+    def __init__(self, spark: SparkSession, root: str, native: bool | None = None,
+                 settings: storage.StorageSettings | None = None) -> None:
         self.spark = spark
-        self.root = root if _is_uri(root) else os.path.abspath(root)
-        self.native = delta_spark_available(spark) if native is None else native
-        self.fs, self._fs_root = pafs.FileSystem.from_uri(self.root if _is_uri(self.root) else "file://" + self.root)
+        self.root = storage.resolve(root)
+        available = delta_spark_available(spark)
+        if native and not available:
+            raise DeltaWriteError("native Delta was asked for, but this Spark session has no delta-spark "
+                                  "(jars and spark.sql.extensions): run ./dev.sh setup, or pass --jars/--packages")
+        self.native = available if native is None else native
+        self.settings = settings or storage.settings()
+        self.options = self.settings.delta_options(self.root)
+        self.fs, self._fs_root = self.settings.filesystem(self.root)
+
+    @property
+    def mode(self) -> str:
+        return "native (delta-spark)" if self.native else "embedded (Spark writes Parquet, delta-rs commits)"
 
     # --- locations ---------------------------------------------------------------------------
 
     def path(self, table: str) -> str:
-        return posixpath.join(self.root, table)
+        """The table's location as configured (a path, or a URI such as s3a://...)."""
+        return storage.join(self.root, table)
+
+    def _rs_uri(self, table: str) -> str:
+        return storage.object_uri(self.path(table))
+
+    def _spark_uri(self, table: str) -> str:
+        return storage.spark_uri(self.path(table))
 
     def _fs_path(self, table: str, *parts: str) -> str:
         return posixpath.join(self._fs_root, table, *parts)
 
     def exists(self, table: str) -> bool:
-        return DeltaTable.is_deltatable(self.path(table))
+        try:
+            return DeltaTable.is_deltatable(self._rs_uri(table), storage_options=self.options)
+        except Exception as exc:  # delta-rs raises a bare OSError/Exception for unreachable stores
+            raise storage.StorageError(f"cannot reach {self.path(table)}: {str(exc).splitlines()[0]}") from exc
 
     def tables(self) -> list[str]:
         info = self.fs.get_file_info(pafs.FileSelector(self._fs_root, allow_not_found=True))
@@ -107,7 +129,7 @@ class Warehouse:
     def _delta(self, table: str, version: int | None = None) -> DeltaTable:
         if not self.exists(table):
             raise FileNotFoundError(f"table {table!r} does not exist under {self.root}")
-        return DeltaTable(self.path(table), version=version)
+        return DeltaTable(self._rs_uri(table), version=version, storage_options=self.options)
 
     def version(self, table: str) -> int | None:
         return self._delta(table).version() if self.exists(table) else None
@@ -117,7 +139,21 @@ class Warehouse:
         return self._delta(table).transaction_version(app_id) if self.exists(table) else None
 
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
-        return self._delta(table).history(limit)
+        """Commits, newest first. divspa's commit metadata appears as top-level `divspa.*` keys
+        in both modes (delta-spark keeps it in `userMetadata`, delta-rs as commit info)."""
+        out = []
+        for entry in self._delta(table).history(limit):
+            user = entry.get("userMetadata")
+            if isinstance(user, str) and user.startswith("{"):
+                try:
+                    entry = {**json.loads(user), **entry}
+                except ValueError:
+                    pass
+            rows = (entry.get("operationMetrics") or {}).get("numOutputRows")
+            if rows is not None and "divspa.rows" not in entry:
+                entry["divspa.rows"] = str(rows)
+            out.append(entry)
+        return out
 
     def row_count(self, table: str, version: int | None = None, where: dict[str, Any] | None = None) -> int:
         """Rows in the snapshot, from the per-file statistics in the log (no data is read)."""
@@ -133,10 +169,12 @@ class Warehouse:
         min/max statistics exclude them are skipped before Spark opens anything.
         """
         if self.native:
+            if not self.exists(table):
+                raise FileNotFoundError(f"table {table!r} does not exist under {self.root}")
             reader = self.spark.read.format("delta")
             if version is not None:
                 reader = reader.option("versionAsOf", version)
-            return _filter(reader.load(self.path(table)), where)
+            return _filter(reader.load(self._spark_uri(table)), where)
         dtable = self._delta(table, version)
         _check_plain_parquet(table, dtable)
         spark_schema = from_arrow_schema(pa.schema(dtable.schema().to_arrow()))
@@ -146,8 +184,8 @@ class Warehouse:
             return self.spark.createDataFrame([], spark_schema)
         df = (
             self.spark.read.schema(spark_schema)
-            .option("basePath", self.path(table))
-            .parquet(*files)
+            .option("basePath", self._spark_uri(table))
+            .parquet(*map(storage.spark_uri, files))
             .select(*spark_schema.names)
         )
         return _filter(df, where)
@@ -193,7 +231,11 @@ class Warehouse:
         guarded = _guard(schema, df, replace if mode == "replace" else None)
         started = time.monotonic()
         if self.native:
-            result = self._write_native(schema, guarded, mode, replace, txn, metadata)
+            try:
+                result = self._write_native(schema, guarded, mode, replace, txn, metadata)
+            except Exception as exc:
+                raise DeltaWriteError(f"write to table {table} failed; the table is unchanged: "
+                                      f"{_first_line(exc)}") from exc
         else:
             result = self._write_embedded(schema, guarded, mode, replace, txn, metadata)
         log.info("%s: %s committed version %d (%d rows in %d files) in %.1fs", table, mode, result.version,
@@ -202,17 +244,22 @@ class Warehouse:
 
     def _write_native(self, schema: TableSchema, df: DataFrame, mode: WriteMode, replace: dict[str, Any] | None,
                       txn: Txn | None, metadata: dict[str, str] | None) -> WriteResult:
+        existed = self.exists(schema.table)
+        if existed:
+            _check_schema_unchanged(schema, self._delta(schema.table))
         writer = df.write.format("delta").partitionBy(*schema.partition_by)
         if mode == "replace":
-            cond = " AND ".join(f"`{k}` = '{v}'" for k, v in (replace or {}).items())
+            cond = " AND ".join(f"`{k}` = {_sql_literal(v)}" for k, v in (replace or {}).items())
             writer = writer.mode("overwrite").option("replaceWhere", cond)
         else:
             writer = writer.mode(mode)
+        if mode == "overwrite":
+            writer = writer.option("overwriteSchema", "false")
         if txn is not None:
             writer = writer.option("txnAppId", txn.app_id).option("txnVersion", txn.version)
-        if metadata:
-            writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
-        writer.save(self.path(schema.table))
+        meta = {"divspa.mode": mode, **(metadata or {})}
+        writer = writer.option("userMetadata", json.dumps(meta, sort_keys=True))
+        writer.save(self._spark_uri(schema.table))
         dtable = self._delta(schema.table)
         last = dtable.history(1)[0]
         metrics = last.get("operationMetrics") or {}
@@ -229,7 +276,7 @@ class Warehouse:
         committed = False
         try:
             df.write.mode("errorifexists").partitionBy(*schema.partition_by).parquet(
-                posixpath.join(self.path(table), STAGING_DIR, txn_id))
+                storage.join(self._spark_uri(table), STAGING_DIR, txn_id))
             adds = self._move_into_table(schema, staging, moved)
             rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
             props = CommitProperties(
@@ -285,16 +332,17 @@ class Warehouse:
 
     def _commit(self, schema: TableSchema, adds: list[AddAction], mode: WriteMode,
                 replace: dict[str, Any] | None, props: CommitProperties) -> int:
-        path = self.path(schema.table)
+        path = self._rs_uri(schema.table)
         arrow_schema = schema.arrow
         partition_by = list(schema.partition_by)
         if not self.exists(schema.table):
             create_table_with_add_actions(
-                path, DeltaSchema.from_arrow(arrow_schema), adds, mode="error", partition_by=partition_by,
+                path, DeltaSchema.from_arrow(schema.arrow_with_docs), adds, mode="error", partition_by=partition_by,
                 name=schema.table, description=schema.description, commit_properties=props,
+                storage_options=self.options,
             )
-            return DeltaTable(path).version()
-        dtable = DeltaTable(path)
+            return DeltaTable(path, storage_options=self.options).version()
+        dtable = DeltaTable(path, storage_options=self.options)
         _check_schema_unchanged(schema, dtable)
         if mode == "append":
             dtable.create_write_transaction(adds, "append", arrow_schema, partition_by, commit_properties=props)
@@ -342,6 +390,22 @@ def _literal(value: Any) -> Any:
     return value if isinstance(value, (int, float)) else str(value)
 
 
+def _sql_literal(value: Any) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The cause in one line (Py4J errors carry a JVM stack trace after it)."""
+    text = str(exc).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("An error occurred while calling", "Traceback", "JVM stacktrace")):
+            return line[:500]
+    return type(exc).__name__
+
+
 def _filter(df: DataFrame, where: dict[str, Any] | None) -> DataFrame:
     for key, value in (where or {}).items():
         df = df.filter(F.col(key) == F.lit(value))
@@ -373,7 +437,8 @@ def _guard(schema: TableSchema, df: DataFrame, replace: dict[str, Any] | None) -
                 F.lit(f"table {schema.table}: a row has {col.name}="), F.col(col.name).cast("string"),
                 F.lit(f" outside the partition being replaced ({col.name}={replace[col.name]})")))
             ).otherwise(expr)
-        exprs.append(expr.alias(col.name))
+        # The schema file's doc becomes the column's comment (DESCRIBE shows it; Delta keeps it).
+        exprs.append(expr.alias(col.name, metadata={"comment": col.doc}) if col.doc else expr.alias(col.name))
     return df.select(*exprs)
 
 

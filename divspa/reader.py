@@ -8,7 +8,9 @@
     for batch in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=4): ...
 
 Rows stream file by file in Arrow record batches through a bounded shuffle buffer; memory does
-not grow with the table. Under `torch.distributed` (or with rank/world_size given) and inside
+not grow with the table. The table may be a URI (s3://, s3a://, gs://, abfss://): credentials and
+endpoint come from `storage_options` (delta-rs names: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...) or
+the standard environment variables, for delta-rs and pyarrow alike. Under `torch.distributed` (or with rank/world_size given) and inside
 DataLoader workers, each reader takes every N-th unit of work (a Parquet row group), so the
 shards partition the table exactly: no row is lost or read twice.
 """
@@ -26,6 +28,8 @@ import pyarrow.dataset as pads
 import torch
 from deltalake import DeltaTable
 from torch.utils.data import IterableDataset, get_worker_info
+
+from divspa import storage
 
 
 def _units(dataset: pads.Dataset, filter: pads.Expression | None) -> list[pads.Fragment]:
@@ -124,17 +128,27 @@ class DeltaIterableDataset(IterableDataset):
 
     def __init__(self, table_uri: str, columns: list[str] | None = None, filters: dict[str, Any] | None = None,
                  version: int | None = None, batch_size: int = 1024, shuffle_buffer: int = 0, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None, as_arrow: bool = False) -> None:
+                 rank: int | None = None, world_size: int | None = None, as_arrow: bool = False,
+                 storage_options: dict[str, str] | None = None) -> None:
         super().__init__()
-        table = DeltaTable(table_uri, version=version)
+        uri = storage.object_uri(storage.resolve(table_uri))
+        if storage_options is None:
+            storage_options = storage.settings().delta_options(uri)
+        table = DeltaTable(uri, version=version, storage_options=storage_options or None)
+        features = set(table.protocol().reader_features or [])
+        if features & {"deletionVectors", "columnMapping"}:
+            raise ValueError(f"{table_uri}: reader features {sorted(features)} are not supported by this "
+                             "reader (its rows would be wrong); read the table with Spark")
         self.table_uri = table_uri
         self.version = table.version()  # recorded: every epoch and worker reads this snapshot
         # The snapshot's file list is resolved here, in the parent: delta-rs cannot be used after
         # fork() (DataLoader workers), so workers read exactly these files with plain pyarrow.
-        self.files = sorted(table.file_uris())
+        self.files = sorted(storage.fs_path(f) for f in table.file_uris())
         self.schema = pa.schema(table.schema().to_arrow())
         self.partition_columns = list(table.metadata().partition_columns)
-        self.root = table_uri if "://" in table_uri else os.path.abspath(table_uri)
+        # The same options, in the environment's spelling, give pyarrow its file system.
+        settings = storage.StorageSettings(env_override={**os.environ, **(storage_options or {})})
+        self.filesystem, self.root = settings.filesystem(uri)
         self.columns, self.filters = columns, filters
         self.batch_size, self.shuffle_buffer, self.seed = batch_size, shuffle_buffer, seed
         self.as_arrow = as_arrow
@@ -157,7 +171,7 @@ class DeltaIterableDataset(IterableDataset):
     def _dataset(self) -> pads.Dataset:
         parts = pads.HivePartitioning(pa.schema([self.schema.field(c) for c in self.partition_columns]))
         return pads.dataset(self.files, schema=self.schema, format="parquet", partitioning=parts,
-                            partition_base_dir=self.root)
+                            partition_base_dir=self.root, filesystem=self.filesystem)
 
     def __iter__(self) -> Iterator[Any]:
         dataset = self._dataset()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
+from divspa import storage
 from divspa.runtime import RunContext
 
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d"]
@@ -126,6 +127,6 @@ svg{{margin:0.5em 1em 0.5em 0}}</style></head><body>
 mix-up in {html.escape(cfg.divspa.mixup)} space, strategies {html.escape(", ".join(cfg.augment.strategies) or "none")}.</p>
 {"".join(sections)}
 </body></html>"""
-    path = cfg.run_dir / "report.html"
-    path.write_text(page)
+    path = storage.join(cfg.run_dir, "report.html")
+    storage.settings().write_text(path, page)
     return path

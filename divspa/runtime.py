@@ -1,23 +1,28 @@
 """What a running stage has at hand: the config, Spark, the warehouse, the run id, its log.
 
 Each run keeps `runs/<run_id>/` beside the warehouse: the resolved config of every command
-(so a figure can always be traced to its settings) and the command's log file.
+(so a figure can always be traced to its settings) and the command's log file. On an object
+store the log is written to a local file as the command runs and copied there when it ends
+(and at every stage's end), since an object cannot be appended to.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
+from divspa import storage
 from divspa.config import Config, dump_config
 from divspa.delta import Txn, Warehouse, WriteResult
 from divspa.schemas import load_schema
@@ -28,22 +33,58 @@ log = logging.getLogger("divspa")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(level: str = "INFO", log_file: Path | None = None) -> None:
+_log_copy: tuple[str, str] | None = None  # (local file, object-store location) of this command's log
+
+
+def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
+    """Log to stderr and, when given, to `log_file` (a path or a URI)."""
+    global _log_copy
     root = logging.getLogger()
     root.setLevel(level)
     for handler in list(root.handlers):
         if getattr(handler, "_divspa", False):
             root.removeHandler(handler)
+            handler.close()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    _log_copy = None
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+        local = log_file
+        if not storage.is_local(log_file):
+            fd, local = tempfile.mkstemp(prefix="divspa-", suffix=".log")
+            os.close(fd)
+            _log_copy = (local, log_file)
+        else:
+            os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        handlers.append(logging.FileHandler(local))
     for handler in handlers:
         handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
         handler._divspa = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    for noisy in ("py4j", "py4j.clientserver", "py4j.java_gateway"):
+    for noisy in ("py4j", "py4j.clientserver", "py4j.java_gateway", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def flush_log() -> None:
+    """Copy this command's log to the run directory when that is on an object store."""
+    if _log_copy is None:
+        return
+    local, remote = _log_copy
+    try:
+        with open(local, "rb") as fh:
+            storage.settings().write_bytes(remote, fh.read())
+    except Exception as exc:  # a log that cannot be copied must not fail the run
+        print(f"divspa: could not copy the log to {remote}: {exc}", file=sys.stderr)
+
+
+atexit.register(flush_log)
+
+
+def connect(cfg: Config, spark: SparkSession | None = None) -> tuple[SparkSession, Warehouse]:
+    """The session, the storage settings derived from it, and the run's warehouse."""
+    spark = spark or get_spark(cfg.spark)
+    storage.configure(dict(spark.sparkContext.getConf().getAll()), cfg.run.storage_options)
+    native = None if cfg.spark.delta == "auto" else cfg.spark.delta == "native"
+    return spark, Warehouse(spark, cfg.warehouse, native=native)
 
 
 class StageError(RuntimeError):
@@ -67,14 +108,17 @@ class RunContext:
         """Set up logging to the run directory, save the resolved config, start Spark."""
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         run_dir = cfg.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        setup_logging(cfg.run.log_level, run_dir / f"{stamp}-{command}.log")
+        setup_logging(cfg.run.log_level, storage.join(run_dir, f"{stamp}-{command}.log"))
+        # Storage settings come from the session's Spark settings: start it before any write.
+        spark, warehouse = connect(cfg, spark)
+        store = storage.settings()
+        if not storage.is_local(run_dir):
+            store.check_writable(cfg.output_dir)
         resolved = dump_config(cfg)
-        (run_dir / f"{stamp}-{command}.config.yaml").write_text(resolved)
-        log.info("divspa %s, run %s, output %s; resolved config:\n%s", command, cfg.run_id,
-                 Path(cfg.run.output_dir).resolve(), resolved)
-        spark = spark or get_spark(cfg.spark)
-        return cls(cfg=cfg, spark=spark, warehouse=Warehouse(spark, cfg.warehouse), force=force)
+        store.write_text(storage.join(run_dir, f"{stamp}-{command}.config.yaml"), resolved)
+        log.info("divspa %s, run %s, output %s, delta %s; resolved config:\n%s", command, cfg.run_id,
+                 cfg.output_dir, warehouse.mode, resolved)
+        return cls(cfg=cfg, spark=spark, warehouse=warehouse, force=force)
 
     # --- stage outputs -------------------------------------------------------------------------
 
@@ -117,6 +161,8 @@ class RunContext:
         except Exception as exc:
             log.error("stage %s failed after %.1fs: %s", stage, time.monotonic() - started, exc)
             raise StageError(f"stage {stage} failed: {exc}") from exc
+        finally:
+            flush_log()
         info["wall_s"] = round(time.monotonic() - started, 2)
         self.stats[stage] = info
         log.info("stage %s: done in %.1fs %s", stage, info["wall_s"],

@@ -71,6 +71,12 @@ class TableSchema:
     def arrow(self) -> pa.Schema:
         return pa.schema([pa.field(c.name, _types(c.type)[1], c.nullable) for c in self.columns])
 
+    @property
+    def arrow_with_docs(self) -> pa.Schema:
+        """The Arrow schema with each column's doc as its `comment` (Delta's column comment)."""
+        return pa.schema([pa.field(c.name, _types(c.type)[1], c.nullable, metadata={"comment": c.doc} if c.doc else None)
+                          for c in self.columns])
+
     def column(self, name: str) -> Column:
         for c in self.columns:
             if c.name == name:

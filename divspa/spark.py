@@ -13,7 +13,9 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from divspa.config import SparkConfig
+from divspa import jars as jarlib
+from divspa import storage
+from divspa.config import ConfigError, SparkConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,10 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     builder = builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     for key, value in REQUIRED_CONF.items():
         builder = builder.config(key, value)
+    for key, value in _delta_conf(cfg).items():
+        builder = builder.config(key, value)
+    for key, value in storage.StorageSettings(cfg.conf).spark_defaults().items():
+        builder = builder.config(key, value)
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -65,8 +71,38 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     return spark
 
 
+def _delta_conf(cfg: SparkConfig) -> dict[str, str]:
+    """What makes the session speak Delta natively, when delta-spark's jars can be had.
+
+    Locally the jars set up by ./dev.sh are added. Under spark-submit the submitter chose the
+    classpath (--jars / --packages): the Delta SQL settings are added when it holds delta-spark.
+    """
+    if cfg.delta == "embedded":
+        return {}
+    if under_spark_submit():
+        from pyspark import SparkConf
+
+        submitted = SparkConf()
+        classpath = f"{submitted.get('spark.jars', '')},{submitted.get('spark.jars.packages', '')}"
+        if "delta-spark" not in classpath and "delta-core" not in classpath:
+            return {}
+        conf = {"spark.sql.extensions": jarlib.DELTA_EXTENSION, "spark.sql.catalog.spark_catalog": jarlib.DELTA_CATALOG}
+        return {k: v for k, v in conf.items() if not submitted.contains(k)}
+    found = jarlib.find_jars()
+    if not found:
+        if cfg.delta == "native":
+            raise ConfigError(f"spark.delta = native, but no delta-spark jars were found ({jarlib.ENV} or "
+                              f"{jarlib.CLASSPATH_FILE} in the venv): run ./dev.sh setup on a machine with Maven")
+        return {}
+    # Delta rebuilds table state in this many tasks (default 50): sized like the job's shuffles.
+    return {**jarlib.delta_conf(found),
+            "spark.databricks.delta.snapshotPartitions": str(cfg.shuffle_partitions)}
+
+
 def delta_spark_available(spark: SparkSession) -> bool:
-    """True when delta-spark's JVM classes are on the session's classpath (a cluster with the jars)."""
+    """True when the session has delta-spark's classes and its SQL extension (writes go native)."""
+    if jarlib.DELTA_EXTENSION not in (spark.conf.get("spark.sql.extensions", "") or ""):
+        return False
     try:
         jvm = spark.sparkContext._jvm
         jvm.java.lang.Class.forName("io.delta.tables.DeltaTable", True, jvm.Thread.currentThread().getContextClassLoader())

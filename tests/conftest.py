@@ -22,9 +22,10 @@ def spark():
     session.stop()
 
 
-@pytest.fixture
-def warehouse(spark, tmp_path) -> Warehouse:
-    return Warehouse(spark, str(tmp_path / "warehouse"))
+@pytest.fixture(params=["native", "embedded"])
+def warehouse(request, spark, tmp_path) -> Warehouse:
+    """A warehouse in each Delta mode: delta-spark commits (native) or delta-rs commits (embedded)."""
+    return Warehouse(spark, str(tmp_path / "warehouse"), native=request.param == "native")
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import pytest
 from divspa.cluster import StandaloneCluster, free_port, spark_home
 from divspa.config import load_config
 from divspa.delta import STAGING_DIR, Warehouse
+from divspa.jars import find_jars
 from tests.conftest import REPO, SMALL_PIPELINE
 
 RUN = "b1"
@@ -103,6 +104,7 @@ def submit(cluster: StandaloneCluster, package: Path, job: str, out: Path, log: 
     cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", cluster.url,
            "--properties-file", str(REPO / "conf" / "spark-defaults.conf"),
            "--py-files", str(package),
+           *(["--jars", ",".join(find_jars())] if find_jars() else []),  # native Delta, as docs/CLUSTER.md says
            "--conf", f"spark.pyspark.python={python}", "--conf", f"spark.pyspark.driver.python={python}",
            "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.memoryOverhead=512m",
            "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
@@ -178,11 +180,16 @@ def test_lost_worker_mid_augment(spark, cluster, package, cluster_out, local_ref
 def test_killed_driver_mid_write_then_rerun(spark, cluster, package, cluster_out, local_reference, tmp_path):
     before_versions, before = _versions(cluster_out, spark), _tables(cluster_out, spark)
     table_dir = cluster_out / "warehouse" / "augmented_positives"
+    native = bool(find_jars())
+    before_files = _data_files(table_dir)
     log = tmp_path / "killed.log"
     proc = submit(cluster, package, "augment", cluster_out, log)
     deadline = time.monotonic() + SUBMIT_TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
-        if any((table_dir / STAGING_DIR).glob("*/_temporary")):  # Spark is writing the table's files
+        # Spark is writing the table's files: embedded into a staging directory, native (delta-spark)
+        # straight into the table's partition directories, before the commit.
+        writing = _data_files(table_dir) - before_files if native else any((table_dir / STAGING_DIR).glob("*/_temporary"))
+        if writing:
             os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.02)
@@ -192,14 +199,22 @@ def test_killed_driver_mid_write_then_rerun(spark, cluster, package, cluster_out
 
     assert _versions(cluster_out, spark) == before_versions
     _assert_same(_tables(cluster_out, spark), before)  # nothing of the interrupted write is visible
-    assert any((table_dir / STAGING_DIR).iterdir())  # its files are only in a staging directory
+    if native:  # its files are on disk, but no version of the table references them
+        assert _data_files(table_dir) - before_files
+    else:  # its files are only in a staging directory
+        assert any((table_dir / STAGING_DIR).iterdir())
 
     rerun_log = tmp_path / "rerun.log"
     wait_ok(submit(cluster, package, "augment", cluster_out, rerun_log), rerun_log)
     assert _versions(cluster_out, spark)["augmented_positives"] == before_versions["augmented_positives"] + 1
     _assert_same(_tables(cluster_out, spark), local_reference)
-    assert Warehouse(spark, str(cluster_out / "warehouse")).cleanup("augmented_positives") >= 1
-    assert not any((table_dir / STAGING_DIR).iterdir())
+    if not native:
+        assert Warehouse(spark, str(cluster_out / "warehouse")).cleanup("augmented_positives") >= 1
+        assert not any((table_dir / STAGING_DIR).iterdir())
+
+
+def _data_files(table_dir: Path) -> set[Path]:
+    return {p for p in table_dir.rglob("*.parquet") if STAGING_DIR not in p.parts and "_delta_log" not in p.parts}
 
 
 def test_cluster_command_without_a_cluster_says_so(tmp_path, capsys):

@@ -15,6 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from divspa import storage
 from divspa.config import Config, FeatureSourceConfig, FilterConfig
 from divspa.delta import Warehouse
 from divspa.ingest import synthetic
@@ -75,17 +76,21 @@ def read_source(spark: SparkSession, cfg: Config) -> RawSource:
 
 
 def _read_table(spark: SparkSession, fmt: str, path: str, delimiter: str = ",", header: bool = True) -> DataFrame:
+    path = storage.resolve(path)
     if fmt == "delta":
-        # An external Delta table is read the same way as our own: from its snapshot's file list.
-        root, name = os.path.split(os.path.abspath(path.rstrip("/")))
-        return Warehouse(spark, root).read(name)
-    if not Path(path).exists() and "://" not in path:
+        # An external Delta table is read the same way as our own (delta-spark, or its snapshot's file list).
+        wh = Warehouse(spark, storage.parent(path))
+        if not wh.exists(storage.basename(path)):
+            raise SourceError(f"source path {path} is not a Delta table")
+        return wh.read(storage.basename(path))
+    if not storage.settings().exists(path):
         raise SourceError(f"source path {path} does not exist")
     if fmt == "parquet":
-        return spark.read.parquet(path)
+        return spark.read.parquet(storage.spark_uri(path))
     if fmt == "csv":
         # Everything as strings: validation decides what parses, and quarantines the rest.
-        return spark.read.option("header", header).option("sep", delimiter).option("inferSchema", False).csv(path)
+        return (spark.read.option("header", header).option("sep", delimiter).option("inferSchema", False)
+                .csv(storage.spark_uri(path)))
     raise SourceError(f"unsupported source format {fmt!r}")
 
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from divspa import storage
 from divspa.config import ModelConfig
 from divspa.models.encoding import Vocab
 from divspa.models.towers import TwoTower
@@ -43,7 +42,8 @@ def build_model(mcfg: ModelConfig, vocab: Vocab, item_tokens: torch.Tensor) -> T
                     emb_dim=mcfg.embedding_dim, hidden=mcfg.hidden_dims, out_dim=mcfg.output_dim, omega=mcfg.omega)
 
 
-def save_checkpoint(path: Path, bundle: ModelBundle) -> None:
+def save_checkpoint(path: str, bundle: ModelBundle) -> None:
+    """Write the checkpoint to `path` (a path or URI) whole: never half-written under its name."""
     state = {
         "format": FORMAT,
         "model_config": dataclasses.asdict(bundle.mcfg),
@@ -54,16 +54,15 @@ def save_checkpoint(path: Path, bundle: ModelBundle) -> None:
         "item_counts": bundle.item_counts,
         "meta": bundle.meta,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash never leaves a half-written checkpoint under the real name
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    storage.settings().write_bytes(str(path), buf.getvalue())
 
 
-def load_checkpoint(source: Path | bytes) -> ModelBundle:
-    fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-    with fh:
-        state = torch.load(fh, map_location="cpu", weights_only=True)
+def load_checkpoint(source: str | bytes) -> ModelBundle:
+    """A checkpoint from its bytes or its location (a path or URI)."""
+    data = source if isinstance(source, bytes) else storage.settings().read_bytes(str(source))
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if state.get("format") != FORMAT:
         raise ValueError(f"not a divspa two-tower checkpoint (format {state.get('format')!r})")
     mcfg = ModelConfig(**state["model_config"])

@@ -13,7 +13,6 @@ import hashlib
 import io
 import logging
 import math
-import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -21,12 +20,12 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from divspa.config import RetrieveConfig
 from divspa.retrieval.index import Shard, build_index, deserialize, normalise, search_topk, serialize
+from divspa.storage import StorageSettings, join
 
 log = logging.getLogger(__name__)
 # NOT NULL as in schemas/neighbours.json: Spark then skips a null check per value when it turns
@@ -65,6 +64,7 @@ class Corpus:
     broadcast: object | None = None  # pyspark Broadcast of shard bytes
     key: str = ""
     paths: tuple[str, ...] = ()
+    settings: StorageSettings | None = None  # how tasks reach the shard files (object-store options)
 
     def shards(self) -> Iterator[Shard]:
         if self.broadcast is not None:
@@ -74,14 +74,16 @@ class Corpus:
             yield _CACHE[self.key]
             return
         for path in self.paths:
-            fs, p = pafs.FileSystem.from_uri(path)
-            with fs.open_input_stream(p) as fh:
-                data = fh.read()
-            yield _load_shard(data)
+            yield _load_shard((self.settings or StorageSettings()).read_bytes(path))
 
 
-def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: str, seed: int) -> Corpus:
-    """Index the corpus (id, vector) for search, broadcast or sharded by its size."""
+def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: str, seed: int,
+                   settings: StorageSettings | None = None) -> Corpus:
+    """Index the corpus (id, vector) for search, broadcast or sharded by its size.
+
+    Shards too large to broadcast are written under `scratch` (a path or URI every executor
+    reaches), read back with `settings`."""
+    settings = settings or StorageSettings()
     spark = corpus.sparkSession
     stats = corpus.agg(F.count(F.lit(1)).alias("n"), F.max(F.size("vector")).alias("d")).first()
     n, d = int(stats["n"]), int(stats["d"] or 0)
@@ -95,15 +97,12 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
         data = _shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed)
         log.info("%s: broadcasting a %s index of %d vectors (%.1f MB)", name, cfg.index, n, len(data) / 2**20)
         return Corpus(broadcast=spark.sparkContext.broadcast(data), key=hashlib.sha256(data).hexdigest())
-    base = posixpath.join(scratch, name)
+    base = join(scratch, name)
 
     def build(table: pa.Table) -> pa.Table:
         shard = int(table.column("shard")[0].as_py())
-        path = posixpath.join(base, f"shard-{shard:05d}.npz")
-        fs, p = pafs.FileSystem.from_uri(path)
-        fs.create_dir(posixpath.dirname(p), recursive=True)
-        with fs.open_output_stream(p) as fh:
-            fh.write(_shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed + shard))
+        path = join(base, f"shard-{shard:05d}.npz")
+        settings.write_bytes(path, _shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed + shard))
         return pa.table({"shard": pa.array([shard], pa.int32()), "path": [path], "rows": pa.array([table.num_rows], pa.int64())})
 
     built = (
@@ -112,7 +111,7 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
         .orderBy("shard").collect()
     )
     log.info("%s: %d vectors in %d %s shards under %s", name, n, len(built), cfg.index, base)
-    return Corpus(paths=tuple(r["path"] for r in built))
+    return Corpus(paths=tuple(r["path"] for r in built), settings=settings)
 
 
 def _query_tables(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]:

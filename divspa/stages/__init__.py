@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from divspa import storage
 from divspa.runtime import RunContext
 
 
@@ -17,8 +17,8 @@ class Stage:
     run: Callable[[RunContext], dict[str, Any]]
     doc: str
     # Files besides tables the stage must have produced (a checkpoint) for it to count as done.
-    artifacts: Callable[[RunContext], list[Path]] | None = None
+    artifacts: Callable[[RunContext], list[str]] | None = None
 
     def done(self, ctx: RunContext) -> bool:
         files = self.artifacts(ctx) if self.artifacts else []
-        return ctx.stage_done(self.name, list(self.outputs)) and all(f.is_file() for f in files)
+        return ctx.stage_done(self.name, list(self.outputs)) and all(storage.settings().is_file(f) for f in files)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow.dataset as pads
 
+from divspa import storage
 from divspa.models.checkpoint import load_checkpoint
 from divspa.models.encoding import Vocab
 from divspa.models.evaluate import (
@@ -47,7 +48,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
                                                BASE_VERSION: (model_scorer(base), base.vocab)}
     for r in range(1, ctx.cfg.divspa.rounds + 1):
         path = checkpoint_path(ctx, student_version(r))
-        if path.is_file():
+        if storage.settings().is_file(path):
             student = load_checkpoint(path)
             models[student_version(r)] = (model_scorer(student), student.vocab)
     tail = long_tail_mask(base.item_counts, ctx.cfg.augment.long_tail_share)

@@ -20,6 +20,7 @@ from pyspark import Broadcast
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from divspa import storage
 from divspa.models.checkpoint import ModelBundle, load_checkpoint
 from divspa.models.trainer import user_vectors_for
 from divspa.runtime import RunContext
@@ -80,9 +81,9 @@ def export_vectors(ctx: RunContext, checkpoint: bytes, num_items: int) -> tuple[
 
 def export_model(ctx: RunContext, stage: str, version: str) -> dict[str, Any]:
     path = checkpoint_path(ctx, version)
-    if not path.is_file():
+    if not storage.settings().is_file(path):
         raise FileNotFoundError(f"checkpoint {path} not found: run the training stage for {version} first")
-    data = path.read_bytes()
+    data = storage.settings().read_bytes(path)
     bundle = load_checkpoint(data)
     user_df, item_df = export_vectors(ctx, data, bundle.vocab.num_items)
     extra = [F.lit(version).alias("model_version"), F.lit(ctx.run_id).alias("run_id")]

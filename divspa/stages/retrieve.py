@@ -8,16 +8,13 @@ u2u: every user against the users, minus itself (k_users neighbours).
 from __future__ import annotations
 
 import logging
-import posixpath
-import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from divspa import storage
 from divspa.retrieval.spark_knn import knn, prepare_corpus
 from divspa.runtime import RunContext
 from divspa.schemas import load_schema
@@ -41,7 +38,7 @@ def neighbours(ctx: RunContext, version: str, scratch: str) -> DataFrame:
     items = embeddings(ctx, "item_embeddings", "item_id", version)
     parts: list[DataFrame] = []
     if {"u2i", "i2i"} & set(strategies):
-        item_corpus = prepare_corpus(items, rcfg, scratch, "items", seed)
+        item_corpus = prepare_corpus(items, rcfg, scratch, "items", seed, storage.settings())
     if "u2i" in strategies:
         seen = ctx.read("user_histories").select(F.col("user_id").alias("id"), F.col("train_items").alias("exclude"))
         q = users.join(seen, "id", "left").select(
@@ -54,7 +51,7 @@ def neighbours(ctx: RunContext, version: str, scratch: str) -> DataFrame:
             F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
         parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("i2i")))
     if "u2u" in strategies:
-        user_corpus = prepare_corpus(users, rcfg, scratch, "users", seed)
+        user_corpus = prepare_corpus(users, rcfg, scratch, "users", seed, storage.settings())
         q = users.select(F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
         parts.append(knn(q, user_corpus, rcfg.k_users, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("u2u")))
     if not parts:  # every strategy ablated: an empty neighbour list for this teacher
@@ -66,24 +63,13 @@ def neighbours(ctx: RunContext, version: str, scratch: str) -> DataFrame:
                       F.lit(version).alias("model_version"), F.lit(ctx.run_id).alias("run_id"))
 
 
-def _remove(uri: str) -> None:
-    if "://" not in uri:
-        shutil.rmtree(uri, ignore_errors=True)
-        return
-    fs, path = pafs.FileSystem.from_uri(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-
-
 def retrieve(ctx: RunContext, stage: str, version: str) -> dict[str, Any]:
-    out_dir = ctx.cfg.run.output_dir
-    root = out_dir if "://" in out_dir else str(Path(out_dir).resolve())
-    scratch = posixpath.join(root, "scratch", ctx.run_id, f"{stage}-{uuid.uuid4().hex[:8]}")
+    scratch = storage.join(ctx.cfg.output_dir, "scratch", ctx.run_id, f"{stage}-{uuid.uuid4().hex[:8]}")
     try:
         result = ctx.write(stage, "neighbours", neighbours(ctx, version, scratch), partition={"model_version": version},
                            metadata={"divspa.model": version})
     finally:
-        _remove(scratch)
+        storage.settings().delete_dir(scratch)
     counts = {r["strategy"]: r["count"] for r in ctx.read("neighbours").where(F.col("model_version") == version)
               .groupBy("strategy").count().collect()}
     return {"model_version": version, "rows": result.rows, **{f"{k}_rows": v for k, v in sorted(counts.items())}}

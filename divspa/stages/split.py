@@ -8,6 +8,7 @@ from typing import Any
 
 from pyspark.sql import functions as F
 
+from divspa import storage
 from divspa.ingest.split import SplitError, chronological_split
 from divspa.runtime import RunContext
 from divspa.stages import Stage
@@ -32,7 +33,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         log.warning("split: the test split is empty (no %s click by a user and item seen in train)",
                     f"click after {cut}" if cut else "latest")
     info = {"mode": ctx.cfg.split.mode, "cut_time": cut, "train": train, "test": test, "version": result.version}
-    (ctx.cfg.run_dir / "split.json").write_text(json.dumps(info, indent=2))
+    storage.settings().write_text(storage.join(ctx.cfg.run_dir, "split.json"), json.dumps(info, indent=2))
     return info
 
 

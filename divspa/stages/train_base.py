@@ -7,12 +7,12 @@ them and the driver holds them, as the model's embedding tables must anyway.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 from pyspark.sql import functions as F
 
+from divspa import storage
 from divspa.models.checkpoint import ModelBundle, build_model, save_checkpoint
 from divspa.models.encoding import Vocab
 from divspa.models.trainer import Trainer, TrainReport
@@ -24,8 +24,8 @@ NAME = "train_base"
 BASE_VERSION = "base"
 
 
-def checkpoint_path(ctx: RunContext, version: str) -> Path:
-    return ctx.cfg.model_dir / f"{version}.pt"
+def checkpoint_path(ctx: RunContext, version: str) -> str:
+    return storage.join(ctx.cfg.model_dir, f"{version}.pt")
 
 
 def build_bundle(ctx: RunContext, version: str) -> ModelBundle:
