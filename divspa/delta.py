@@ -20,6 +20,7 @@ the s3a:// spelling, delta-rs and pyarrow the s3:// one, with options from `divs
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -50,6 +51,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from divspa import storage
 from divspa.schemas import TableSchema, check_dataframe, load_schema
+from divspa.snapshot import Snapshot
 from divspa.spark import delta_spark_available
 
 log = logging.getLogger(__name__)
@@ -145,10 +147,8 @@ class Warehouse:
         for entry in self._delta(table).history(limit):
             user = entry.get("userMetadata")
             if isinstance(user, str) and user.startswith("{"):
-                try:
+                with contextlib.suppress(ValueError):
                     entry = {**json.loads(user), **entry}
-                except ValueError:
-                    pass
             rows = (entry.get("operationMetrics") or {}).get("numOutputRows")
             if rows is not None and "divspa.rows" not in entry:
                 entry["divspa.rows"] = str(rows)
@@ -191,8 +191,10 @@ class Warehouse:
         return _filter(df, where)
 
     def dataset(self, table: str, version: int | None = None) -> pads.Dataset:
-        """The table as a pyarrow dataset (for PyTorch readers outside Spark)."""
-        return self._delta(table, version).to_pyarrow_dataset()
+        """The table as a pyarrow dataset (for PyTorch readers outside Spark); see divspa/snapshot.py."""
+        if not self.exists(table):
+            raise FileNotFoundError(f"table {table!r} does not exist under {self.root}")
+        return Snapshot.load(self._rs_uri(table), version, self.options).dataset()
 
     # --- writing -----------------------------------------------------------------------------
 

@@ -78,3 +78,31 @@ def delta_conf(jars: tuple[str, ...]) -> dict[str, str]:
     """Session settings that load the jars and make Spark SQL resolve Delta tables."""
     return {"spark.jars": ",".join(jars), "spark.sql.extensions": DELTA_EXTENSION,
             "spark.sql.catalog.spark_catalog": DELTA_CATALOG}
+
+
+def prune(directory: str) -> list[str]:
+    """Delete the jars of `directory` whose artifact Spark ships (for images built with Maven)."""
+    shipped = _spark_jar_artifacts()
+    removed = [str(p) for p in Path(directory).glob("*.jar") if artifact_of(p.name)[0] in shipped]
+    for path in removed:
+        os.remove(path)
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m divspa.jars`: the jars as spark-submit's --jars wants them (comma-separated);
+    `--prune DIR`: drop from DIR the jars Spark already ships."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--prune"] and len(args) == 2:
+        print(f"removed {len(prune(args[1]))} jars that Spark ships")
+        return 0
+    jars = find_jars()
+    if not jars:
+        print(f"no delta-spark jars found ({ENV} or {os.path.join(sys.prefix, CLASSPATH_FILE)})", file=sys.stderr)
+        return 1
+    print(",".join(jars))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,6 @@ shards partition the table exactly: no row is lost or read twice.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,10 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
-from deltalake import DeltaTable
 from torch.utils.data import IterableDataset, get_worker_info
 
-from divspa import storage
+from divspa.snapshot import Snapshot
 
 
 def _units(dataset: pads.Dataset, filter: pads.Expression | None) -> list[pads.Fragment]:
@@ -131,24 +129,12 @@ class DeltaIterableDataset(IterableDataset):
                  rank: int | None = None, world_size: int | None = None, as_arrow: bool = False,
                  storage_options: dict[str, str] | None = None) -> None:
         super().__init__()
-        uri = storage.object_uri(storage.resolve(table_uri))
-        if storage_options is None:
-            storage_options = storage.settings().delta_options(uri)
-        table = DeltaTable(uri, version=version, storage_options=storage_options or None)
-        features = set(table.protocol().reader_features or [])
-        if features & {"deletionVectors", "columnMapping"}:
-            raise ValueError(f"{table_uri}: reader features {sorted(features)} are not supported by this "
-                             "reader (its rows would be wrong); read the table with Spark")
         self.table_uri = table_uri
-        self.version = table.version()  # recorded: every epoch and worker reads this snapshot
         # The snapshot's file list is resolved here, in the parent: delta-rs cannot be used after
         # fork() (DataLoader workers), so workers read exactly these files with plain pyarrow.
-        self.files = sorted(storage.fs_path(f) for f in table.file_uris())
-        self.schema = pa.schema(table.schema().to_arrow())
-        self.partition_columns = list(table.metadata().partition_columns)
-        # The same options, in the environment's spelling, give pyarrow its file system.
-        settings = storage.StorageSettings(env_override={**os.environ, **(storage_options or {})})
-        self.filesystem, self.root = settings.filesystem(uri)
+        self.snapshot = Snapshot.load(table_uri, version, storage_options)
+        self.version = self.snapshot.version  # recorded: every epoch and worker reads this snapshot
+        self.schema = self.snapshot.schema
         self.columns, self.filters = columns, filters
         self.batch_size, self.shuffle_buffer, self.seed = batch_size, shuffle_buffer, seed
         self.as_arrow = as_arrow
@@ -168,13 +154,8 @@ class DeltaIterableDataset(IterableDataset):
         workers, wid = (worker.num_workers, worker.id) if worker else (1, 0)
         return self.rank * workers + wid, self.world_size * workers
 
-    def _dataset(self) -> pads.Dataset:
-        parts = pads.HivePartitioning(pa.schema([self.schema.field(c) for c in self.partition_columns]))
-        return pads.dataset(self.files, schema=self.schema, format="parquet", partitioning=parts,
-                            partition_base_dir=self.root, filesystem=self.filesystem)
-
     def __iter__(self) -> Iterator[Any]:
-        dataset = self._dataset()
+        dataset = self.snapshot.dataset()
         for table in stream_tables(dataset, self.columns, equality_filter(self.filters), self.batch_size,
                                    self.shuffle_buffer, self.seed, self.epoch, shard=self.shard()):
             yield table if self.as_arrow else to_tensors(table)

@@ -82,7 +82,14 @@ atexit.register(flush_log)
 def connect(cfg: Config, spark: SparkSession | None = None) -> tuple[SparkSession, Warehouse]:
     """The session, the storage settings derived from it, and the run's warehouse."""
     spark = spark or get_spark(cfg.spark)
-    storage.configure(dict(spark.sparkContext.getConf().getAll()), cfg.run.storage_options)
+    conf = dict(spark.sparkContext.getConf().getAll())
+    # A session that already ran (a notebook's, a test suite's) gets the config's Hadoop settings
+    # (s3a endpoint, credentials) too: Spark reads them per file system access.
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in cfg.spark.conf.items():
+        if key.startswith("spark.hadoop.") and conf.get(key) != value:
+            hadoop.set(key.removeprefix("spark.hadoop."), value)
+    storage.configure({**conf, **cfg.spark.conf}, cfg.run.storage_options)
     native = None if cfg.spark.delta == "auto" else cfg.spark.delta == "native"
     return spark, Warehouse(spark, cfg.warehouse, native=native)
 

@@ -36,8 +36,10 @@ case "$role" in
       echo "divspa-entrypoint: no job $job; jobs are: $(cd "$DIVSPA_HOME/jobs" && ls *.py | sed 's/\.py$//' | tr '\n' ' ')" >&2
       exit 2
     fi
+    jars=()  # delta-spark and hadoop-aws, fetched by Maven when the image was built
+    if [ -d "${DIVSPA_JARS:-}" ]; then jars=(--jars "$(python3 -m divspa.jars)"); fi
     run "$SPARK_HOME/bin/spark-submit" --master "$SPARK_MASTER_URL" \
-      --properties-file "$DIVSPA_HOME/conf/spark-defaults.conf" "$DIVSPA_HOME/jobs/$job.py" "$@" ;;
+      --properties-file "$DIVSPA_HOME/conf/spark-defaults.conf" "${jars[@]}" "$DIVSPA_HOME/jobs/$job.py" "$@" ;;
   divspa)
     run divspa "$@" ;;
   help|-h|--help)
