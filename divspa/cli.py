@@ -17,7 +17,7 @@ from divspa import storage
 from divspa.config import Config, ConfigError, load_config
 from divspa.delta import DeltaWriteError
 from divspa.pipeline import BY_NAME, STAGES, run_pipeline, run_stage
-from divspa.runtime import RunContext, StageError, setup_logging
+from divspa.runtime import RunContext, StageError, close_log, setup_logging
 from divspa.schemas import SchemaError
 from divspa.sql import ReadOnlyError
 
@@ -72,6 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("INFO")
         return cluster.main(argv[1:])
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    finally:
+        close_log()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         cfg = _config(args)
         if args.command in ("tables", "history", "sql"):

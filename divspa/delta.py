@@ -335,7 +335,7 @@ class Warehouse:
     def _commit(self, schema: TableSchema, adds: list[AddAction], mode: WriteMode,
                 replace: dict[str, Any] | None, props: CommitProperties) -> int:
         path = self._rs_uri(schema.table)
-        arrow_schema = schema.arrow
+        arrow_schema = schema.arrow_with_docs  # a commit carrying a schema must keep the column comments
         partition_by = list(schema.partition_by)
         if not self.exists(schema.table):
             create_table_with_add_actions(

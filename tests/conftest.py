@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -115,17 +120,36 @@ class S3Server:
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-@pytest.fixture(scope="session")
-def s3(spark) -> S3Server:
-    """A real S3 API server (moto's, in this process) on 127.0.0.1 with an empty bucket."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+def start_moto(**env: str) -> tuple[subprocess.Popen, str]:
+    """moto's S3 API server as its own process on a free 127.0.0.1 port (in this process it would
+    wait on the GIL that delta-rs holds while it calls the server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            env=dict(os.environ, **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            return proc, endpoint
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start on {endpoint}") from None
+            time.sleep(0.2)
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    s3 = S3Server(endpoint=f"http://{host}:{port}", bucket="divspa-test")
-    boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=s3.access_key,
-                 aws_secret_access_key=s3.secret_key, region_name="us-east-1").create_bucket(Bucket=s3.bucket)
-    yield s3
-    server.stop()
+
+@pytest.fixture(scope="session")
+def s3() -> S3Server:
+    """A real S3 API server (moto) on 127.0.0.1 with an empty bucket."""
+    import boto3
+
+    proc, endpoint = start_moto()
+    server = S3Server(endpoint=endpoint, bucket="divspa-test")
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=server.access_key,
+                 aws_secret_access_key=server.secret_key, region_name="us-east-1").create_bucket(Bucket=server.bucket)
+    yield server
+    proc.terminate()
+    proc.wait(timeout=10)

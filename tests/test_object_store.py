@@ -15,12 +15,12 @@ from deltalake import DeltaTable
 from divspa import storage
 from divspa.cli import main
 from divspa.reader import DeltaIterableDataset
-from tests.conftest import REPO, require_native
+from tests.conftest import REPO, require_native, start_moto
 from tests.test_cli import ALL_TABLES, TINY
 
 
 def _args(s3, out: str, *extra: str) -> list[str]:
-    args = ["--conf", "conf/default.yaml", "--run-id", "r1", "--set", f"run.output_dir={out}"]
+    args = ["--conf", str(REPO / "conf" / "default.yaml"), "--run-id", "r1", "--set", f"run.output_dir={out}"]
     for item in [*TINY, *s3.overrides()]:
         args += ["--set", item]
     return args + list(extra)
@@ -99,28 +99,10 @@ def test_warehouse_on_s3_in_both_modes(spark, s3, mode):
 
 
 @pytest.fixture
-def strict_s3(s3, tmp_path):
+def strict_s3(s3):
     """A second S3 server that checks credentials (moto's auth on): every key it is given is unknown."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield type(s3)(endpoint=f"http://127.0.0.1:{port}", bucket="divspa-strict")
+    proc, endpoint = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="0")
+    yield type(s3)(endpoint=endpoint, bucket="divspa-strict")
     proc.terminate()
     proc.wait(timeout=10)
 
