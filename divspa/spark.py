@@ -83,8 +83,10 @@ def _delta_conf(cfg: SparkConfig) -> dict[str, str]:
         from pyspark import SparkConf
 
         submitted = SparkConf()
-        classpath = f"{submitted.get('spark.jars', '')},{submitted.get('spark.jars.packages', '')}"
-        if "delta-spark" not in classpath and "delta-core" not in classpath:
+        keys = ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")
+        classpath = ",".join(submitted.get(k, "") or "" for k in keys)
+        image_jars = os.environ.get(jarlib.ENV)  # the runtime image's jar directory, on extraClassPath
+        if "delta-spark" not in classpath and not (image_jars and image_jars in classpath):
             return {}
         conf = {"spark.sql.extensions": jarlib.DELTA_EXTENSION, "spark.sql.catalog.spark_catalog": jarlib.DELTA_CATALOG}
         return {k: v for k, v in conf.items() if not submitted.contains(k)}

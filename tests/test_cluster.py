@@ -34,8 +34,9 @@ SUBMIT_TIMEOUT_S = 600
 @pytest.fixture(scope="module")
 def package() -> Path:
     """The --py-files zip built by the one packaging command."""
-    subprocess.run(["bash", str(REPO / "dev.sh"), "package"], check=True, capture_output=True,
-                   env=dict(os.environ, DIVSPA_VENV=sys.prefix))
+    res = subprocess.run(["bash", str(REPO / "dev.sh"), "package"], capture_output=True, text=True,
+                         env=dict(os.environ, DIVSPA_VENV=sys.prefix))
+    assert res.returncode == 0, f"./dev.sh package failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     (zip_path,) = (REPO / "dist").glob("divspa-*-py-files.zip")
     return zip_path
 

@@ -114,3 +114,33 @@ def test_wrong_credentials_are_one_line_naming_the_uri(spark, strict_s3, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and out in err, err
     assert not os.listdir(tmp_path)
+
+
+def test_source_and_features_read_from_the_bucket(spark, s3, tmp_path, monkeypatch):
+    """source.path and the feature tables may be URIs too (here s3://, which Spark reads as s3a://)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from divspa.config import load_config
+    from divspa.pipeline import BY_NAME, run_stage
+    from divspa.runtime import RunContext
+
+    require_native()
+    monkeypatch.chdir(tmp_path)
+    fs, _ = storage.StorageSettings(s3.spark_conf()).filesystem(f"s3://{s3.bucket}")
+    clicks = pa.table({"uid": [1, 1, 2, 2, 3], "iid": [10, 11, 10, 12, 11],
+                       "ts": [1_767_225_600 + i * 3600 for i in range(5)]})
+    pq.write_table(clicks, f"{s3.bucket}/sources/clicks.parquet", filesystem=fs)
+    pq.write_table(pa.table({"iid": [10, 11, 12], "genre": ["a", "b", "a"]}),
+                   f"{s3.bucket}/sources/items.parquet", filesystem=fs)
+    cfg = load_config(REPO / "conf" / "default.yaml", [
+        f"run.output_dir=s3a://{s3.bucket}/sourced", "run.run_id=s1", "source.format=parquet",
+        f"source.path=s3://{s3.bucket}/sources/clicks.parquet", "source.user_col=uid", "source.item_col=iid",
+        "source.time_col=ts",
+        f"source.item_features={{path: 's3a://{s3.bucket}/sources/items.parquet', id_col: iid, columns: [genre]}}",
+        *s3.overrides()])
+    ctx = RunContext.start(cfg, "test", spark=spark)
+    info = run_stage(ctx, BY_NAME["ingest"])
+    assert info["clicks"] == 5 and info["item_features"] == 3
+    assert ctx.read("item_features").count() == 3
+    assert not os.listdir(tmp_path)
