@@ -40,7 +40,7 @@ setup() {
   local stamp
   stamp="$VENV/.divspa-installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
-    log "installing pinned dependencies (first run downloads pyspark, ~450 MB)"
+    log "installing pinned dependencies (first run downloads ~3.2 GB: torch with its CUDA libraries, pyspark)"
     "$VENV/bin/python" -m pip install -q -c constraints.txt "torch==2.13.0"
     "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev]"
     rm -f "$VENV"/.divspa-installed-*
@@ -61,8 +61,10 @@ fetch_jars() {
     return
   fi
   log "fetching JVM jars with Maven: delta-spark, hadoop-aws and the AWS SDK bundle (first time ~720 MB into ~/.m2)"
+  local out="$classpath.tmp"
+  case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
   if mvn -q -B -Dstyle.color=never -f conf/jars.pom.xml dependency:build-classpath -DincludeScope=runtime \
-       -Dmdep.outputFile="$PWD/$classpath.tmp" >"$VENV/divspa-jars.mvn.log" 2>&1; then
+       -Dmdep.outputFile="$out" >"$VENV/divspa-jars.mvn.log" 2>&1; then
     mv "$classpath.tmp" "$classpath"
     rm -f "$VENV"/.divspa-jars-*
     touch "$stamp"
