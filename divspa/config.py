@@ -157,6 +157,10 @@ class TrainConfig:
     negative_sampler: Literal["uniform", "popularity"] = "uniform"
     popularity_power: float = _opt(0.75, ge=0)  # popularity sampler draws items with p ~ count^power
     logq_correction: bool = True  # subtract log q(v) from logits of non-uniformly sampled negatives
+    # Mixed negative sampling (Yang et al. 2020): the batch's own positives join the sampled
+    # negatives. They are drawn by popularity, so they are hard negatives on long-tail catalogues;
+    # logQ correction (if on) then uses the mixture's sampling probability.
+    in_batch_negatives: bool = False
     val_fraction: float = _opt(0.05, ge=0, lt=1)  # latest share of train held out for early stopping
     max_val_examples: int = _opt(20000, ge=1)
     val_k: int = _opt(50, ge=1)  # early stopping watches HR@val_k on the validation slice

@@ -125,3 +125,17 @@ def test_popularity_scorer_and_gini():
     assert s(pa.table({"x": [1, 2]})).shape == (2, 3)
     assert gini(np.array([1, 1, 1, 1])) == 0.0
     assert abs(gini(np.array([0, 0, 0, 10])) - 0.75) < 1e-9
+
+
+def test_mixed_negatives_logq_is_the_mixture_distribution():
+    counts = torch.tensor([50.0, 30.0, 15.0, 5.0])
+    sampler = NegativeSampler(counts, "uniform", 0.75, seed=0)
+    popularity = torch.cat([torch.zeros(1), counts / counts.sum()])
+    table = sampler.mixture_logq_table(sampled=200, in_batch=56, popularity=popularity)
+    q = torch.exp(table[1:].double())
+    assert math.isclose(float(q.sum()), 1.0, rel_tol=1e-6)  # one slot's distribution over items
+    expected = (200 * 0.25 + 56 * counts / counts.sum()) / 256
+    assert torch.allclose(q, expected.double(), rtol=1e-5)
+    assert q[0] > q[3]  # popular items are sampled more often, so their logits are corrected more
+    # Without in-batch slots it is the sampler's own table.
+    assert torch.allclose(sampler.mixture_logq_table(200, 0, popularity)[1:], sampler.logq_table[1:], atol=1e-6)

@@ -53,9 +53,9 @@ class DivspaTrainer(Trainer):
         aug_w = torch.where(aug_idx > 0, aug_w, torch.zeros_like(aug_w))
         user = self.model.user_vectors(batch.users.to(dev))
         pos_idx = batch.items.to(dev)
-        neg_idx = self.sampler.sample(self.tcfg.num_negatives).to(dev)
-        neg_logq, pos_logq = self._logq(pos_idx, neg_idx)
-        aug_logq = self.sampler.logq_table.to(dev)[aug_idx] if pos_logq is not None else None
+        neg_idx, logq = self.negatives(pos_idx)
+        neg_logq, pos_logq, aug_logq = (logq[neg_idx], logq[pos_idx], logq[aug_idx]) if logq is not None \
+            else (None, None, None)
         pos, aug, neg = self.item_vectors(pos_idx, aug_idx, neg_idx)
         loss = mixup_loss(user, pos, aug, neg, pos_idx, aug_idx, aug_w, neg_idx, self.model.omega, cfg.beta,
                           cfg.mixup, neg_logq, pos_logq, aug_logq)

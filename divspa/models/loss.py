@@ -81,3 +81,10 @@ class NegativeSampler:
 
     def logq(self, idx: torch.Tensor) -> torch.Tensor:
         return self.logq_table[idx]
+
+    def mixture_logq_table(self, sampled: int, in_batch: int, popularity: torch.Tensor) -> torch.Tensor:
+        """log q of one negative slot when `sampled` slots come from this sampler and `in_batch`
+        from the batch's positives (drawn ~ `popularity`, index 0 = padding)."""
+        q = torch.cat([torch.zeros(1), self.probs.double()])
+        mixed = (sampled * q + in_batch * popularity.double()) / max(sampled + in_batch, 1)
+        return torch.log(mixed.clamp_min(1e-30)).to(torch.float32)

@@ -91,7 +91,10 @@ class Trainer:
         self.model = bundle.model.to(self.device)
         self.sampler = NegativeSampler(bundle.item_counts, self.tcfg.negative_sampler, self.tcfg.popularity_power,
                                        cfg.run.seed)
-        self.use_logq = self.tcfg.logq_correction and self.tcfg.negative_sampler != "uniform"
+        self.use_logq = self.tcfg.logq_correction and (self.tcfg.negative_sampler != "uniform"
+                                                       or self.tcfg.in_batch_negatives)
+        counts = torch.cat([torch.zeros(1), bundle.item_counts.to(torch.float64).clamp_min(0)])
+        self.popularity = counts / counts.sum().clamp_min(1.0)  # how often an item is a batch positive
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
         run = pads.field("run_id") == run_id
         for key, value in (where or {}).items():
@@ -109,10 +112,24 @@ class Trainer:
         batch = encode_examples(table, self.bundle.vocab, self.bundle.mcfg)
         user = self.model.user_vectors(batch.users.to(self.device))
         pos_idx = batch.items.to(self.device)
-        neg_idx = self.sampler.sample(self.tcfg.num_negatives).to(self.device)
+        neg_idx, logq = self.negatives(pos_idx)
         pos, neg = self.item_vectors(pos_idx, neg_idx)
-        loss = sampled_softmax_loss(user, pos, neg, pos_idx, neg_idx, self.model.omega, *self._logq(pos_idx, neg_idx))
+        neg_logq, pos_logq = (logq[neg_idx], logq[pos_idx]) if logq is not None else (None, None)
+        loss = sampled_softmax_loss(user, pos, neg, pos_idx, neg_idx, self.model.omega, neg_logq, pos_logq)
         return loss.mean()
+
+    def negatives(self, pos_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's shared negatives, and the log q table of the logQ correction (None when off)."""
+        sampled = self.sampler.sample(self.tcfg.num_negatives).to(self.device)
+        if not self.tcfg.in_batch_negatives:
+            table = self.sampler.logq_table.to(self.device) if self.use_logq else None
+            return sampled, table
+        in_batch = pos_idx[pos_idx > 0]
+        neg_idx = torch.cat([sampled, in_batch])
+        if not self.use_logq:
+            return neg_idx, None
+        table = self.sampler.mixture_logq_table(len(sampled), len(in_batch), self.popularity)
+        return neg_idx, table.to(self.device)
 
     def item_vectors(self, *indices: torch.Tensor) -> list[torch.Tensor]:
         """Item vectors for several index tensors, running the item tower once per distinct item.
@@ -128,12 +145,6 @@ class Trainer:
             out.append(vectors[start:start + i.numel()].reshape(*i.shape, -1))
             start += i.numel()
         return out
-
-    def _logq(self, pos_idx: torch.Tensor, neg_idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if not self.use_logq:
-            return None, None
-        q = self.sampler.logq_table.to(self.device)
-        return q[neg_idx], q[pos_idx]
 
     # --- the loop ------------------------------------------------------------------------------
 
