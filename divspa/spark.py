@@ -80,8 +80,9 @@ def _delta_conf(cfg: SparkConfig) -> dict[str, str]:
     if cfg.delta == "embedded":
         return {}
     if under_spark_submit():
-        from pyspark import SparkConf
+        from pyspark import SparkConf, SparkContext
 
+        SparkContext._ensure_initialized()  # SparkConf() reads spark-submit's settings from the JVM only
         submitted = SparkConf()
         keys = ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")
         classpath = ",".join(submitted.get(k, "") or "" for k in keys)

@@ -150,6 +150,7 @@ def test_cluster_run_equals_local_run(spark, cluster, package, cluster_out, loca
         log = tmp_path / f"{job}.log"
         wait_ok(submit(cluster, package, job, cluster_out, log), log)
         assert f"master={cluster.url}" in log.read_text()
+        assert ("delta native" if find_jars() else "delta embedded") in log.read_text()
     assert cluster.state()["completedapps"], "the jobs did not run on the standalone master"
     _assert_same(_tables(cluster_out, spark), local_reference)
 
