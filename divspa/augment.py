@@ -5,7 +5,7 @@ For each train positive (u, v+):
   i2i    v+'s i2i neighbours;
   u2u2i  the train clicks of the user's u2u neighbours (real positives of similar users);
 each candidate re-scored by the teacher as s(u, v) = cosine(u, v) (vectors joined, never
-collected), v+ and u's train items excluded, the top k kept per strategy, m sampled, and
+collected), v+ and u's fitted train items excluded (augment.exclude), the top k kept per strategy, m sampled, and
 weighted w_i = s(u, v_i) / sum_j s(u, v_j) within (u, v+, strategy).
 
 Sampling is Efraimidis-Spirakis weighted sampling without replacement: candidate i gets the key
@@ -104,6 +104,13 @@ def sample(candidates: DataFrame, cfg: AugmentConfig, seed: int) -> DataFrame:
     chosen = keyed.withColumn("_pick", F.row_number().over(pick)).where(F.col("_pick") <= cfg.m)
     weight = floor / F.sum(floor).over(whole)
     return chosen.withColumn("weight", weight.cast("float")).drop("_key", "_pick")
+
+
+def excluded_clicks(examples: DataFrame, exclude: str) -> DataFrame:
+    """(user_id, item_id) pairs no candidate may be (augment.exclude): the fitted train clicks, or
+    every train click with the validation slice."""
+    rows = examples if exclude == "train" else examples.where(~F.col("is_val"))
+    return rows.select("user_id", "item_id").distinct()
 
 
 def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighbours: DataFrame,

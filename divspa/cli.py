@@ -133,12 +133,28 @@ def _print_comparison(ctx: RunContext) -> None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     ks = sorted({r["k"] for r in rows if r["metric"] == "hr"})
     dks = sorted({r["k"] for r in rows if r["metric"] == "distinct_items"})
+    tks = sorted({r["k"] for r in rows if r["metric"] == "long_tail_share"})[:1]
     cols = [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + [f"distinct@{k}" for k in dks]
-    print("\n" + f"{'model':<12}" + "".join(f"{c:>14}" for c in cols))
+    cols += [f"long_tail@{k}" for k in tks]
+
+    def values(m: str) -> list[float | None]:
+        out = [get.get((m, "hr", k)) for k in ks] + [get.get((m, "ndcg", k)) for k in ks]
+        return out + [get.get((m, "distinct_items", k)) for k in dks] + [get.get((m, "long_tail_share", k)) for k in tks]
+
+    width = max(12, *(len(m) + 9 for m in models))
+    print("\n" + f"{'model':<{width}}" + "".join(f"{c:>14}" for c in cols))
     for m in models:
-        vals = [get.get((m, "hr", k)) for k in ks] + [get.get((m, "ndcg", k)) for k in ks]
-        vals += [get.get((m, "distinct_items", k)) for k in dks]
-        print(f"{m:<12}" + "".join(f"{v:>14.4f}" if v is not None and v < 1.0 else f"{v or 0:>14,.0f}" for v in vals))
+        cells = [f"{v:>14,.0f}" if c.startswith("distinct") else f"{v:>14.4f}" if v is not None else f"{'-':>14}"
+                 for c, v in zip(cols, values(m), strict=True)]
+        print(f"{m:<{width}}" + "".join(cells))
+    # What the method is for, in one line per model: its change over the base model, measured here.
+    base = values("base") if "base" in models else None
+    for m in models:
+        if base is None or m == "base":
+            continue
+        cells = [f"{100 * (v - b) / b:>+13.1f}%" if v is not None and b else f"{'-':>14}"
+                 for v, b in zip(values(m), base, strict=True)]
+        print(f"{m + ' vs base':<{width}}" + "".join(cells))
     report = storage.join(ctx.cfg.run_dir, "report.html")
     if storage.settings().is_file(report):
         print(f"\nreport: {report}")

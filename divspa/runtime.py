@@ -9,6 +9,7 @@ store the log is written to a local file as the command runs and copied there wh
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -76,6 +77,15 @@ def flush_log() -> None:
         print(f"divspa: could not copy the log to {remote}: {exc}", file=sys.stderr)
 
 
+def discard_log_copy() -> None:
+    """Keep this command's log local only (its remote location cannot be written)."""
+    global _log_copy
+    if _log_copy is not None:
+        with contextlib.suppress(OSError):
+            os.remove(_log_copy[0])
+    _log_copy = None
+
+
 def close_log() -> None:
     """End this command's log: copy it where it belongs, close the file (and remove a local copy)."""
     global _log_copy
@@ -134,7 +144,11 @@ class RunContext:
         spark, warehouse = connect(cfg, spark)
         store = storage.settings()
         if not storage.is_local(run_dir):
-            store.check_writable(cfg.output_dir)
+            try:
+                store.check_writable(cfg.output_dir)
+            except storage.StorageError:
+                discard_log_copy()  # the log cannot go where nothing can be written: say it once
+                raise
         resolved = dump_config(cfg)
         store.write_text(storage.join(run_dir, f"{stamp}-{command}.config.yaml"), resolved)
         log.info("divspa %s, run %s, output %s, delta %s; resolved config:\n%s", command, cfg.run_id,

@@ -260,7 +260,8 @@ class StorageSettings:
             fs, path = self.filesystem(probe)
             fs.delete_file(path)
         except (OSError, StorageError) as exc:
-            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            root = exc.__cause__ if isinstance(exc, StorageError) and exc.__cause__ else exc
+            cause = str(root).splitlines()[0] if str(root) else type(root).__name__
             raise StorageError(f"cannot write under {location}: {cause}") from exc
 
 

@@ -26,9 +26,16 @@ def augmented(trained):
 def test_neighbours_respect_exclusions(augmented):
     nb = augmented.read("neighbours")
     assert nb.where((F.col("strategy").isin("i2i", "u2u")) & (F.col("query_id") == F.col("neighbour_id"))).count() == 0
-    seen = augmented.read("split_clicks").where("split = 'train'").select(
-        F.col("user_id").alias("query_id"), F.col("item_id").alias("neighbour_id"))
-    assert nb.where("strategy = 'u2i'").join(seen, ["query_id", "neighbour_id"]).count() == 0
+    examples = augmented.read("train_examples")
+    fitted = examples.where(~F.col("is_val")).select(F.col("user_id").alias("query_id"),
+                                                     F.col("item_id").alias("neighbour_id"))
+    assert nb.where("strategy = 'u2i'").join(fitted, ["query_id", "neighbour_id"]).count() == 0
+    # The validation slice is not excluded (augment.exclude = fit): like test items, its items may
+    # be retrieved, so early stopping sees students under test conditions.
+    val_only = examples.where(F.col("is_val")).select(F.col("user_id").alias("query_id"),
+                                                      F.col("item_id").alias("neighbour_id")).subtract(fitted)
+    assert val_only.count() > 0
+    assert nb.where("strategy = 'u2i'").join(val_only, ["query_id", "neighbour_id"]).count() > 0
     per_query = nb.groupBy("strategy", "query_id").agg(F.max("rank").alias("r"), F.count(F.lit(1)).alias("n"))
     assert per_query.where("r != n").count() == 0
     assert per_query.where("strategy = 'u2u' and n > 5").count() == 0
@@ -38,9 +45,9 @@ def test_neighbours_respect_exclusions(augmented):
 def test_augmented_rows_are_valid(augmented):
     aug = augmented.read("augmented_positives")
     assert {r[0] for r in aug.select("strategy").distinct().collect()} == {"u2i", "i2i", "u2u2i"}
-    seen = augmented.read("split_clicks").where("split = 'train'").select(
+    seen = augmented.read("train_examples").where(~F.col("is_val")).select(
         "user_id", F.col("item_id").alias("aug_item_id"))
-    assert aug.join(seen, ["user_id", "aug_item_id"]).count() == 0  # neither v+ nor any train item of u
+    assert aug.join(seen, ["user_id", "aug_item_id"]).count() == 0  # neither v+ nor any fitted train item of u
     groups = aug.groupBy("user_id", "item_id", "strategy").agg(
         F.sum("weight").alias("w"), F.count(F.lit(1)).alias("n"), F.max("rank").alias("r"))
     assert groups.where(F.abs(F.col("w") - 1.0) > 1e-5).count() == 0

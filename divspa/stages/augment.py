@@ -13,7 +13,7 @@ from typing import Any
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from divspa.augment import candidates, sample
+from divspa.augment import candidates, excluded_clicks, sample
 from divspa.runtime import RunContext
 from divspa.stages import Stage
 from divspa.stages.retrieve import embeddings
@@ -28,12 +28,12 @@ def augmented(ctx: RunContext, version: str) -> DataFrame:
     acfg = ctx.cfg.augment
     examples = ctx.read("train_examples")
     positives = examples.where(~F.col("is_val")).select("user_id", "item_id").distinct()
-    seen = examples.select("user_id", "item_id").distinct()
+    seen = excluded_clicks(examples, acfg.exclude)
     nb = ctx.read("neighbours").where(F.col("model_version") == version)
     if acfg.peer_clicks == "recent":
         peers = ctx.read("user_histories").select("user_id", F.explode("history").alias("item_id")).distinct()
     else:
-        peers = seen
+        peers = examples.select("user_id", "item_id").distinct()
     cands = candidates(acfg, positives, seen, nb, peers, embeddings(ctx, "user_embeddings", "user_id", version),
                        embeddings(ctx, "item_embeddings", "item_id", version))
     rows = sample(cands, acfg, ctx.cfg.run.seed)

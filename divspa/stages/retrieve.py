@@ -15,6 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from divspa import storage
+from divspa.augment import excluded_clicks
 from divspa.retrieval.spark_knn import knn, prepare_corpus
 from divspa.runtime import RunContext
 from divspa.schemas import load_schema
@@ -40,7 +41,8 @@ def neighbours(ctx: RunContext, version: str, scratch: str) -> DataFrame:
     if {"u2i", "i2i"} & set(strategies):
         item_corpus = prepare_corpus(items, rcfg, scratch, "items", seed, storage.settings())
     if "u2i" in strategies:
-        seen = ctx.read("user_histories").select(F.col("user_id").alias("id"), F.col("train_items").alias("exclude"))
+        seen = (excluded_clicks(ctx.read("train_examples"), ctx.cfg.augment.exclude)
+                .groupBy(F.col("user_id").alias("id")).agg(F.sort_array(F.collect_set("item_id")).alias("exclude")))
         q = users.join(seen, "id", "left").select(
             F.col("id").alias("query_id"), "vector",
             F.coalesce("exclude", F.array().cast("array<bigint>")).alias("exclude"))
