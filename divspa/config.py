@@ -221,9 +221,9 @@ class DivspaConfig:
     beta: float = _opt(0.1, ge=0)
     mixup: Literal["output", "representation"] = "output"  # Eq. 3 (the paper's choice) or Eq. 2
     rounds: int = _opt(1, ge=1)  # rounds of self-distillation: each student teaches the next
-    # How long a student trains. "early_stopping": on its validation HR, like the base model. But
-    # candidates exclude every train click, validation clicks included, so a student is never taught
-    # its validation items and its validation HR reads low (0.009-0.016 below base on ML-100K).
+    # How long a student trains. "early_stopping": on its validation HR, like the base model (with
+    # augment.exclude = train, candidates never hold a validation item and a student's validation HR
+    # read 0.009-0.016 low on ML-100K; augment.exclude = fit, the default, removes that bias).
     # "teacher": exactly the teacher's best epoch count, keeping the last weights. Measured on ML-100K
     # (BENCHMARKS, "Still open"): no better in accuracy and significantly less diverse, so not the default.
     student_epochs: Literal["early_stopping", "teacher"] = "early_stopping"
