@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from divspa import storage
+from divspa import __version__, storage
 from divspa.config import Config, ConfigError, load_config
 from divspa.delta import DeltaWriteError
 from divspa.pipeline import BY_NAME, STAGES, run_pipeline, run_stage
@@ -33,6 +33,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="divspa", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"divspa {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run the pipeline: " + " -> ".join(s.name for s in STAGES))
     _common(p)

@@ -305,6 +305,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = _build(Config, raw, "", source)
     if cfg.run.run_id is not None:
         _check_run_id(cfg.run.run_id, source)
+    else:
+        # Today's date, read once: a run that crosses midnight UTC keeps one run id (and so one
+        # set of partitions and one model folder) for all its stages.
+        cfg.run.run_id = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     if cfg.augment.k > cfg.retrieve.k:
         raise ConfigError(f"{source}: augment.k = {cfg.augment.k} exceeds retrieve.k = {cfg.retrieve.k}: "
                           "the teacher can only keep candidates that retrieval found")

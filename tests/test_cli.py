@@ -96,3 +96,13 @@ def test_bad_config_exits_2_with_the_key(tmp_path, capsys):
 def test_job_entry_point_is_thin_and_works():
     out = subprocess.run([sys.executable, "jobs/ingest.py", "--help"], capture_output=True, text=True, check=True)
     assert "--conf" in out.stdout
+
+
+def test_version_and_python_dash_m(capsys):
+    import divspa
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"divspa {divspa.__version__}"
+    res = subprocess.run([sys.executable, "-m", "divspa", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == f"divspa {divspa.__version__}"

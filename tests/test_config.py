@@ -92,3 +92,23 @@ def test_dump_round_trips():
     again = yaml.safe_load(dump_config(cfg))
     assert again["run"]["run_id"] == "demo"
     assert again["synthetic"]["num_users"] == cfg.synthetic.num_users
+
+
+def test_default_run_id_is_read_once(monkeypatch):
+    """A run crossing midnight UTC keeps the run id it started with."""
+    import datetime as real_dt
+
+    import divspa.config as config_module
+
+    days = iter([real_dt.datetime(2026, 11, 22, 23, 59, 59, tzinfo=real_dt.UTC),
+                 real_dt.datetime(2026, 11, 23, 0, 0, 1, tzinfo=real_dt.UTC)])
+
+    class Clock(real_dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return next(days)
+
+    monkeypatch.setattr(config_module.dt, "datetime", Clock)
+    cfg = load_config(None)
+    assert cfg.run_id == "2026-11-22" and cfg.run_id == "2026-11-22"  # the clock was read once
+    assert cfg.run_dir.endswith("/runs/2026-11-22") and cfg.model_dir.endswith("/models/2026-11-22")
