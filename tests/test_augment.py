@@ -69,17 +69,27 @@ def rows(ctx):
 
 
 def test_table_is_identical_with_1_3_and_8_partitions(augmented):
+    """In both Delta modes (native: delta-spark commits; embedded: delta-rs commits)."""
+    from divspa.delta import Warehouse
+
     ctx = augmented
+    original = ctx.warehouse
     results = []
-    for parts in (1, 3, 8):
-        ctx.cfg.retrieve.partitions = parts
-        ctx.cfg.augment.partitions = parts
-        rerun(ctx, "retrieve")
-        rerun(ctx, "augment")
-        results.append(rows(ctx))
-    ctx.cfg.retrieve.partitions = ctx.cfg.augment.partitions = 0
-    ctx.spark.conf.set("spark.sql.shuffle.partitions", "4")
-    assert results[0] and results[0] == results[1] == results[2]
+    modes = ["native", "embedded"] if original.native else ["embedded"]
+    try:
+        for mode in modes:
+            ctx.warehouse = Warehouse(ctx.spark, original.root, native=mode == "native")
+            for parts in (1, 3, 8):
+                ctx.cfg.retrieve.partitions = parts
+                ctx.cfg.augment.partitions = parts
+                rerun(ctx, "retrieve")
+                rerun(ctx, "augment")
+                results.append(rows(ctx))
+    finally:
+        ctx.warehouse = original
+        ctx.cfg.retrieve.partitions = ctx.cfg.augment.partitions = 0
+        ctx.spark.conf.set("spark.sql.shuffle.partitions", "4")
+    assert results[0] and all(r == results[0] for r in results)
 
 
 def test_ablation_switches_strategies_off(augmented):
