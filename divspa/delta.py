@@ -246,8 +246,7 @@ class Warehouse:
 
     def _write_native(self, schema: TableSchema, df: DataFrame, mode: WriteMode, replace: dict[str, Any] | None,
                       txn: Txn | None, metadata: dict[str, str] | None) -> WriteResult:
-        existed = self.exists(schema.table)
-        if existed:
+        if self.exists(schema.table):
             _check_schema_unchanged(schema, self._delta(schema.table))
         writer = df.write.format("delta").partitionBy(*schema.partition_by)
         if mode == "replace":

@@ -67,13 +67,6 @@ def find_jars() -> tuple[str, ...]:
     return jars
 
 
-def describe(jars: tuple[str, ...]) -> str:
-    """'delta-spark_4.2_2.13 4.4.0, hadoop-aws 3.5.0' for the log line that names the mode."""
-    wanted = ("delta-spark", "hadoop-aws")
-    found = [f"{a} {v}" for a, v in map(artifact_of, jars) if a.startswith(wanted)]
-    return ", ".join(found) or "no delta-spark"
-
-
 def delta_conf(jars: tuple[str, ...]) -> dict[str, str]:
     """Session settings that load the jars and make Spark SQL resolve Delta tables."""
     return {"spark.jars": ",".join(jars), "spark.sql.extensions": DELTA_EXTENSION,

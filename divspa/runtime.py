@@ -88,16 +88,13 @@ def discard_log_copy() -> None:
 
 def close_log() -> None:
     """End this command's log: copy it where it belongs, close the file (and remove a local copy)."""
-    global _log_copy
     flush_log()
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, logging.FileHandler) and getattr(handler, "_divspa", False):
             root.removeHandler(handler)
             handler.close()
-    if _log_copy is not None:
-        os.remove(_log_copy[0])
-    _log_copy = None
+    discard_log_copy()  # copied above: the local file has served its purpose
 
 
 atexit.register(flush_log)

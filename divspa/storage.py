@@ -14,7 +14,6 @@ environment variables), so the endpoint and the credentials are configured once,
 
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 import re
@@ -229,9 +228,6 @@ class StorageSettings:
 
     def read_text(self, location: str) -> str:
         return self.read_bytes(location).decode("utf-8")
-
-    def open_bytes(self, location: str) -> io.BytesIO:
-        return io.BytesIO(self.read_bytes(location))
 
     def is_file(self, location: str) -> bool:
         fs, path = self.filesystem(location)

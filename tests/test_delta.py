@@ -191,3 +191,18 @@ def test_schemas_are_usable_by_spark_and_arrow():
         assert raw["table"] == name
     assert set(table_names()) >= {"clicks", "clicks_quarantine", "user_embeddings", "item_embeddings",
                                   "neighbours", "augmented_positives", "metrics"}
+
+
+def test_jar_pom_matches_the_pip_packages():
+    """conf/jars.pom.xml fetches the delta-spark jar of the installed delta-spark and pyspark."""
+    import xml.etree.ElementTree as ET
+
+    from divspa.jars import delta_artifact
+
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    pom = ET.parse(Path(__file__).resolve().parents[1] / "conf" / "jars.pom.xml").getroot()
+    props = {p.tag.split("}")[1]: p.text for p in pom.find("m:properties", ns)}
+    deps = {d.find("m:artifactId", ns).text: d.find("m:version", ns).text for d in pom.iter(f"{{{ns['m']}}}dependency")}
+    group, artifact, version = delta_artifact().split(":")
+    assert group == "io.delta" and artifact in deps
+    assert deps[artifact].replace("${delta.version}", props["delta.version"]) == version
