@@ -83,8 +83,7 @@ def test_warehouse_on_s3_in_both_modes(spark, s3, mode):
     from divspa.delta import Warehouse
     from tests.test_delta import clicks_df
 
-    if mode == "native":
-        require_native()
+    require_native()  # either mode: Spark reaches s3a:// through hadoop-aws, which comes with the jars
     settings = storage.StorageSettings(s3.spark_conf(), {"aws_conditional_put": "etag"})
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()
     for key, value in s3.spark_conf().items():
