@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from divspa.config import load_config  # noqa: E402
 from divspa.models.checkpoint import load_checkpoint  # noqa: E402
-from divspa.models.evaluate import EvalResult, long_tail_mask, model_scorer  # noqa: E402
+from divspa.models.evaluate import EvalResult, long_tail_mask, model_scorer, popularity_scorer  # noqa: E402
 from divspa.pipeline import BY_NAME, run_stage  # noqa: E402
 from divspa.runtime import RunContext  # noqa: E402
 from divspa.stages.augment import augment  # noqa: E402
@@ -48,6 +48,10 @@ VARIANTS: dict[str, dict] = {
     "beta_0.05": {"beta": 0.05},
     "beta_0.25": {"beta": 0.25},
     "beta_0.5": {"beta": 0.5},
+    # Not in the paper: candidates discounted by popularity (augment.popularity_debias).
+    "debias_0.25": {"debias": 0.25},
+    "debias_0.5": {"debias": 0.5},
+    "debias_1": {"debias": 1.0},
 }
 WORKER_ENV = "DIVSPA_QUALITY_WORKER"
 ACC = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (50, 100, 200)]
@@ -122,25 +126,26 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
     base = load_checkpoint(checkpoint_path(ctx, BASE_VERSION))
     tail = long_tail_mask(base.item_counts, cfg.augment.long_tail_share)
     out["base"] = figures(evaluate_scorer(ctx, model_scorer(base), base.vocab), tail)
+    out["popularity"] = figures(evaluate_scorer(ctx, popularity_scorer(base.item_counts), base.vocab), tail)
     default = copy.deepcopy(cfg)
-    sampler_done = cfg.augment.sampler
+    augmented_with = (cfg.augment.sampler, cfg.augment.popularity_debias)  # what the table holds now
     for name in variants:
         spec = VARIANTS[name]
-        ctx.cfg.augment.strategies = list(spec.get("strategies", default.augment.strategies))
-        ctx.cfg.augment.sampler = spec.get("sampler", default.augment.sampler)
-        ctx.cfg.divspa.beta = spec.get("beta", default.divspa.beta)
-        if ctx.cfg.augment.sampler != sampler_done:  # a different sampler needs a new augmentation
+        want = (spec.get("sampler", default.augment.sampler), spec.get("debias", default.augment.popularity_debias))
+        if want != augmented_with:  # a different sampler or selection needs a new augmentation
             ctx.cfg.augment.strategies = list(ALL)
+            ctx.cfg.augment.sampler, ctx.cfg.augment.popularity_debias = want
             augment(ctx, "bench.augment", BASE_VERSION)
-            sampler_done = ctx.cfg.augment.sampler
-            ctx.cfg.augment.strategies = list(spec.get("strategies", default.augment.strategies))
+            augmented_with = want
+        ctx.cfg.augment.strategies = list(spec.get("strategies", default.augment.strategies))
+        ctx.cfg.divspa.beta = spec.get("beta", default.divspa.beta)
         version = f"bench-{name}"
         train_student(ctx, f"bench.{name}", BASE_VERSION, version)
         student = load_checkpoint(checkpoint_path(ctx, version))
         out[name] = figures(evaluate_scorer(ctx, model_scorer(student), student.vocab), tail)
         print(f"seed {seed} {name:<16} HR@50 {out[name]['hr@50']:.4f} (base {out['base']['hr@50']:.4f})  "
               f"[{time.perf_counter() - started:.0f}s]", flush=True)
-    if sampler_done != default.augment.sampler:  # leave the run's table as the config says
+    if augmented_with != (default.augment.sampler, default.augment.popularity_debias):  # as the config says
         ctx.cfg.augment = copy.deepcopy(default.augment)
         augment(ctx, "bench.augment", BASE_VERSION)
     return out, ctx.spark
@@ -196,7 +201,7 @@ def report(by_seed: dict[int, dict[str, dict[str, float]]], variants: list[str],
     for title, keys in (("accuracy", ACC), ("diversity", DIV)):
         print(f"\n{title}:")
         print(f"{'model':<18}" + "".join(f"{k:>25}" for k in keys))
-        for model in ["base", *variants]:
+        for model in ["popularity", "base", *variants]:
             cells = []
             for k in keys:
                 vals = [by_seed[s][model][k] for s in seeds if k in by_seed[s].get(model, {})]
@@ -205,10 +210,14 @@ def report(by_seed: dict[int, dict[str, dict[str, float]]], variants: list[str],
                     continue
                 mean, std = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
                 base = [by_seed[s]["base"][k] for s in seeds]
-                p = "" if model == "base" else f" p={paired_t_p(vals, base):.3f}"
+                p = "" if model in ("base", "popularity") else f" p={paired_t_p(vals, base):.3f}"
                 fmt = f"{mean:.4f}+-{std:.4f}" if mean < 1.5 else f"{mean:.0f}+-{std:.0f}"
                 cells.append(f"{fmt + p:>25}")
             print(f"{model:<18}" + "".join(cells))
+    pop = [by_seed[s]["popularity"]["hr@50"] for s in seeds if "popularity" in by_seed[s]]
+    if len(pop) == len(seeds):
+        ratio = [by_seed[s]["base"]["hr@50"] / max(by_seed[s]["popularity"]["hr@50"], 1e-12) for s in seeds]
+        print(f"\nbase / popularity HR@50: {np.mean(ratio):.2f}x (min {min(ratio):.2f}x over seeds)")
 
 
 def main() -> None:
@@ -220,8 +229,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes, seeds split between them")
     ap.add_argument("--out", default="divspa-output/bench-quality")
     ap.add_argument("--results", default="", help="write {seed: {model: {metric: value}}} here as JSON")
+    ap.add_argument("--max-train-clicks", type=int, default=0,
+                    help="sparse regime: per-user split, each user's train thinned to at most N random clicks")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
+    if args.max_train_clicks and not args.tasks:  # workers get these as --set already
+        args.overrides = ["split.mode=per_user", f"split.max_train_clicks={args.max_train_clicks}", *args.overrides]
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -239,7 +252,7 @@ def main() -> None:
         Path(args.results).write_text(json.dumps(by_seed))
     if os.environ.get(WORKER_ENV):  # the parent reports over every worker's seeds
         return
-    report(by_seed, variants, args.conf, time.perf_counter() - started)
+    report(by_seed, variants, " ".join([args.conf, *args.overrides]), time.perf_counter() - started)
 
 
 if __name__ == "__main__":

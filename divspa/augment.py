@@ -8,6 +8,11 @@ each candidate re-scored by the teacher as s(u, v) = cosine(u, v) (vectors joine
 collected), v+ and u's fitted train items excluded (augment.exclude), the top k kept per strategy, m sampled, and
 weighted w_i = s(u, v_i) / sum_j s(u, v_j) within (u, v+, strategy).
 
+With augment.popularity_debias = g > 0 (not in the paper) every candidate is ranked, drawn and
+weighted by its `selection` s(u, v) * (n_max / n_v)^g instead of s(u, v), n_v being v's fitted
+train clicks: the teacher ranks what it saw often high, so its top-k alone narrows the student;
+the discount trades some of that agreement for long-tail candidates. g = 0 is the paper's rule.
+
 Sampling is Efraimidis-Spirakis weighted sampling without replacement: candidate i gets the key
 log(r_i) / p_i and the m largest keys win, where r_i is a uniform number hashed from
 (seed, u, v+, strategy, candidate). Every draw is a pure function of its row, so the table is
@@ -79,16 +84,18 @@ def beta_rank_probs(k: int, alpha: float) -> tuple[tuple[float, ...], ...]:
 
 
 def top_k(scored: DataFrame, keys: list[str], k: int) -> DataFrame:
-    """Keep the k best-scored candidates per `keys` group, ranked 1..k (ties: smaller item id)."""
-    w = Window.partitionBy(*keys).orderBy(F.col("score").desc(), F.col("aug_item_id").asc())
+    """Keep the k best candidates by `selection` per `keys` group, ranked 1..k (ties: smaller item id)."""
+    w = Window.partitionBy(*keys).orderBy(F.col("selection").desc(), F.col("aug_item_id").asc())
     return scored.withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= k)
 
 
 def sample(candidates: DataFrame, cfg: AugmentConfig, seed: int) -> DataFrame:
-    """m of each group's ranked candidates (user_id, item_id, strategy, aug_item_id, rank, score)."""
+    """m of each group's ranked candidates (user_id, item_id, strategy, aug_item_id, rank, score and
+    optionally selection, which is the score that draws and weighs them when present)."""
     whole = Window.partitionBy(*GROUP).orderBy("aug_item_id").rowsBetween(Window.unboundedPreceding,
                                                                           Window.unboundedFollowing)
-    floor = F.greatest(F.col("score"), F.lit(cfg.min_score))
+    by = "selection" if "selection" in candidates.columns else "score"
+    floor = F.greatest(F.col(by), F.lit(cfg.min_score))
     n = F.count(F.lit(1)).over(whole)
     if cfg.sampler == "uniform":
         prob = F.lit(1.0) / n
@@ -103,7 +110,7 @@ def sample(candidates: DataFrame, cfg: AugmentConfig, seed: int) -> DataFrame:
     pick = Window.partitionBy(*GROUP).orderBy(F.col("_key").desc(), F.col("aug_item_id").asc())
     chosen = keyed.withColumn("_pick", F.row_number().over(pick)).where(F.col("_pick") <= cfg.m)
     weight = floor / F.sum(floor).over(whole)
-    return chosen.withColumn("weight", weight.cast("float")).drop("_key", "_pick")
+    return chosen.withColumn("weight", weight.cast("float")).drop("_key", "_pick", "selection")
 
 
 def excluded_clicks(examples: DataFrame, exclude: str) -> DataFrame:
@@ -113,13 +120,31 @@ def excluded_clicks(examples: DataFrame, exclude: str) -> DataFrame:
     return rows.select("user_id", "item_id").distinct()
 
 
+def selection(scored: DataFrame, cfg: AugmentConfig, item_clicks: DataFrame | None) -> DataFrame:
+    """Add `selection`: the teacher's score, popularity-discounted when augment.popularity_debias > 0.
+
+    item_clicks: (item_id, n) fitted train clicks per item, small enough to broadcast (one row an item).
+    """
+    if not cfg.popularity_debias or item_clicks is None:
+        return scored.withColumn("selection", F.col("score"))
+    top = item_clicks.agg(F.max("n")).first()[0] or 1
+    factor = item_clicks.select(F.col("item_id").alias("aug_item_id"), F.pow(
+        F.lit(float(top)) / F.col("n").cast("double"), F.lit(cfg.popularity_debias)).alias("_f"))
+    with_f = scored.join(F.broadcast(factor), "aug_item_id", "left")
+    # An item no fitted click holds (seen only in validation) counts as clicked once.
+    f = F.coalesce(F.col("_f"), F.pow(F.lit(float(top)), F.lit(cfg.popularity_debias)))
+    return with_f.withColumn("selection", (F.col("score") * f).cast("double")).drop("_f")
+
+
 def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighbours: DataFrame,
-               peer_clicks: DataFrame, user_vecs: DataFrame, item_vecs: DataFrame) -> DataFrame:
+               peer_clicks: DataFrame, user_vecs: DataFrame, item_vecs: DataFrame,
+               item_clicks: DataFrame | None = None) -> DataFrame:
     """Top-k re-scored candidates per (user, positive, strategy) for the enabled strategies.
 
     positives: (user_id, item_id) train positives; seen: (user_id, item_id) every train click;
     neighbours: (strategy, query_id, neighbour_id); peer_clicks: (user_id, item_id) clicks that u2u
-    neighbours contribute to u2u2i; *_vecs: (id, vector) of the teacher.
+    neighbours contribute to u2u2i; *_vecs: (id, vector) of the teacher; item_clicks: (item_id, n)
+    fitted clicks per item, for augment.popularity_debias.
     """
     seen_pairs = seen.select("user_id", F.col("item_id").alias("aug_item_id"))
 
@@ -136,17 +161,20 @@ def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighb
                         .distinct())
     for df in per_user:
         fresh = df.join(seen_pairs, ["user_id", "aug_item_id"], "left_anti")
-        kept = top_k(rescore(fresh, user_vecs, item_vecs), ["user_id", "strategy"], cfg.k)
+        kept = top_k(selection(rescore(fresh, user_vecs, item_vecs), cfg, item_clicks), ["user_id", "strategy"], cfg.k)
         parts.append(positives.join(kept, "user_id"))
     if "i2i" in cfg.strategies:
         similar = neighbours.where(F.col("strategy") == "i2i").select(
             F.col("query_id").alias("item_id"), F.col("neighbour_id").alias("aug_item_id"))
         pairs = positives.join(similar, "item_id").join(seen_pairs, ["user_id", "aug_item_id"], "left_anti")
-        parts.append(top_k(rescore(pairs.withColumn("strategy", F.lit("i2i")), user_vecs, item_vecs), GROUP, cfg.k))
+        scored = rescore(pairs.withColumn("strategy", F.lit("i2i")), user_vecs, item_vecs)
+        parts.append(top_k(selection(scored, cfg, item_clicks), GROUP, cfg.k))
     if not parts:  # every strategy ablated
         return positives.select("user_id", "item_id", F.lit("").alias("strategy"), F.lit(0).cast("bigint").alias(
-            "aug_item_id"), F.lit(0).alias("rank"), F.lit(0.0).cast("float").alias("score")).limit(0)
-    out = parts[0].select("user_id", "item_id", "strategy", "aug_item_id", "rank", "score")
+            "aug_item_id"), F.lit(0).alias("rank"), F.lit(0.0).cast("float").alias("score"),
+            F.lit(0.0).cast("double").alias("selection")).limit(0)
+    cols = ["user_id", "item_id", "strategy", "aug_item_id", "rank", "score", "selection"]
+    out = parts[0].select(*cols)
     for p in parts[1:]:
-        out = out.unionByName(p.select("user_id", "item_id", "strategy", "aug_item_id", "rank", "score"))
+        out = out.unionByName(p.select(*cols))
     return out

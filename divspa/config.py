@@ -132,6 +132,10 @@ class SplitConfig:
     mode: Literal["global", "per_user"] = "global"
     test_fraction: float = _opt(0.1, gt=0, lt=1)  # global: cut at this upper quantile of event_time
     cut_time: str | None = None  # explicit global cut (ISO timestamp, UTC); overrides test_fraction
+    # Thin each user's train clicks to at most this many, chosen at random (hashed, so the same
+    # whatever the partitioning): the paper's logs are sparse (Video: 2.2 clicks a user), public
+    # datasets dense. Test keeps the users and items the thinned train still has. 0 = keep all.
+    max_train_clicks: int = _opt(0, ge=0)
 
 
 @dataclass
@@ -208,6 +212,11 @@ class AugmentConfig:
     # 2026-11-23: students' validation HR then read 0.009-0.016 low on ML-100K).
     exclude: Literal["fit", "train"] = "fit"
     sampler: Literal["uniform", "importance", "beta"] = "importance"
+    # Not in the paper: rank, draw and weigh candidates by s(u, v) * (n_max / n_v)^g, n_v the item's
+    # fitted train clicks, instead of the teacher's s(u, v) alone (0 = the paper's rule). The
+    # teacher's own favourites are what it saw most; discounting them lets the augmentation widen
+    # the student instead of narrowing it (see docs/BENCHMARKS.md, "Diversity").
+    popularity_debias: float = _opt(0.0, ge=0)
     beta_alpha: float = _opt(0.5, gt=0)
     min_score: float = _opt(1e-6, gt=0)  # scores are floored here for sampling probabilities and weights
     long_tail_share: float = _opt(0.8, gt=0, lt=1)  # the least clicked items holding this share are long-tail

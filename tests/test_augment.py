@@ -92,6 +92,31 @@ def test_table_is_identical_with_1_3_and_8_partitions(augmented):
     assert results[0] and all(r == results[0] for r in results)
 
 
+def test_popularity_debias_moves_candidates_to_the_long_tail(augmented):
+    from divspa.stages.augment import augmented as augmented_rows
+
+    ctx = augmented
+    clicks = ctx.read("train_examples").where(~F.col("is_val")).groupBy(F.col("item_id").alias("aug_item_id")).agg(
+        F.count(F.lit(1)).alias("n"))
+    default = augmented_rows(ctx, BASE_VERSION).cache()
+    try:
+        ctx.cfg.augment.popularity_debias = 1.0
+        debiased = augmented_rows(ctx, BASE_VERSION).cache()
+    finally:
+        ctx.cfg.augment.popularity_debias = 0.0
+    # The table written with g = 0 is the paper's rule, unchanged by the option's existence.
+    written = ctx.read("augmented_positives").where(F.col("model_version") == BASE_VERSION)
+    assert sorted(map(tuple, default.collect())) == sorted(map(tuple, written.select(*default.columns).collect()))
+    mean_clicks = {name: df.join(clicks, "aug_item_id").agg(F.avg("n")).first()[0]
+                   for name, df in (("default", default), ("debiased", debiased))}
+    assert mean_clicks["debiased"] < 0.9 * mean_clicks["default"], mean_clicks
+    # Same groups and sizes, weights still sum to 1; `score` stays the teacher's own cosine.
+    groups = debiased.groupBy("user_id", "item_id", "strategy").agg(F.sum("weight").alias("w"), F.count("*").alias("n"))
+    assert groups.where(F.abs(F.col("w") - 1.0) > 1e-5).count() == 0 and groups.where("n > 3").count() == 0
+    assert groups.count() == default.select("user_id", "item_id", "strategy").distinct().count()
+    assert debiased.where("score > 1.0001").count() == 0
+
+
 def test_ablation_switches_strategies_off(augmented):
     ctx = augmented
     ctx.cfg.augment.strategies = ["i2i"]

@@ -139,6 +139,24 @@ def test_per_user_split_holds_out_each_users_latest_clicks(spark):
     assert {(u, i) for u, i, s in rows if s == "train"} == {(u, i) for u, i, _ in data} - {(1, 12), (3, 99)}
 
 
+def test_sparse_split_thins_each_users_train_clicks(spark):
+    t = lambda d: dt.datetime(2026, 1, d)  # noqa: E731
+    # user 1: 10 clicks (9 train + the latest as test); user 2: 2 clicks (both train, none test).
+    data = [(1, 10 + d, t(d)) for d in range(1, 11)] + [(2, 10, t(1)), (2, 11, t(2))]
+    clicks = spark.createDataFrame(data, "user_id long, item_id long, event_time timestamp")
+    over = ["split.mode=per_user", "split.test_fraction=0.1", "split.max_train_clicks=3"]
+    rows = chronological_split(clicks.repartition(3), load_config(None, over).split).rows.collect()
+    train = {(r["user_id"], r["item_id"]) for r in rows if r["split"] == "train"}
+    assert len([1 for u, _ in train if u == 1]) == 3 and {(2, 10), (2, 11)} <= train
+    # The thinning is random among the user's train clicks, not the latest or the earliest three.
+    mine = sorted(i for u, i in train if u == 1)
+    assert mine not in ([11, 12, 13], [17, 18, 19])
+    # Test items must still be in (thinned) train: item 20 was only clicked once, by user 1's test click.
+    assert not [r for r in rows if r["split"] == "test"]
+    again = chronological_split(clicks.repartition(1), load_config(None, over).split).rows.collect()
+    assert sorted(map(tuple, again)) == sorted(map(tuple, rows))
+
+
 def test_too_many_bad_rows_fails_and_changes_no_table(spark, small_config):
     cfg = small_config
     cfg.synthetic.bad_row_fraction = 0.2

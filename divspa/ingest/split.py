@@ -51,6 +51,10 @@ def chronological_split(clicks: DataFrame, cfg: SplitConfig) -> Split:
         ranked = clicks
         is_test = F.col("event_time") >= F.lit(cut)
     train = ranked.where(~is_test)
+    if cfg.max_train_clicks:
+        draw = Window.partitionBy("user_id").orderBy(
+            F.xxhash64("user_id", "item_id", "event_time"), F.col("event_time"), F.col("item_id"))
+        train = train.withColumn("_t", F.row_number().over(draw)).where(F.col("_t") <= cfg.max_train_clicks).drop("_t")
     test = (
         ranked.where(is_test)
         .join(train.select("user_id").distinct(), "user_id", "left_semi")

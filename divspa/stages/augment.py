@@ -34,8 +34,9 @@ def augmented(ctx: RunContext, version: str) -> DataFrame:
         peers = ctx.read("user_histories").select("user_id", F.explode("history").alias("item_id")).distinct()
     else:
         peers = examples.select("user_id", "item_id").distinct()
+    item_clicks = positives.groupBy("item_id").agg(F.count(F.lit(1)).alias("n")) if acfg.popularity_debias else None
     cands = candidates(acfg, positives, seen, nb, peers, embeddings(ctx, "user_embeddings", "user_id", version),
-                       embeddings(ctx, "item_embeddings", "item_id", version))
+                       embeddings(ctx, "item_embeddings", "item_id", version), item_clicks)
     rows = sample(cands, acfg, ctx.cfg.run.seed)
     return rows.select("user_id", "item_id", "strategy", "aug_item_id", F.col("rank").cast("int").alias("rank"),
                        "score", "weight", F.lit(acfg.sampler).alias("sampler"), F.lit(version).alias("model_version"),
