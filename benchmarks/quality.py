@@ -229,11 +229,13 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes, seeds split between them")
     ap.add_argument("--out", default="divspa-output/bench-quality")
     ap.add_argument("--results", default="", help="write {seed: {model: {metric: value}}} here as JSON")
-    ap.add_argument("--max-train-clicks", type=int, default=0,
-                    help="sparse regime: per-user split, each user's train thinned to at most N random clicks")
+    ap.add_argument("--regime", choices=["dense", "sparse"], default="dense",
+                    help="sparse: per-user split, each user's train thinned to --max-train-clicks random clicks")
+    ap.add_argument("--max-train-clicks", type=int, default=5,
+                    help="the sparse regime's cap (paper's Video: 2.2 clicks a user on average)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
-    if args.max_train_clicks and not args.tasks:  # workers get these as --set already
+    if args.regime == "sparse" and not args.tasks:  # workers get these as --set already
         args.overrides = ["split.mode=per_user", f"split.max_train_clicks={args.max_train_clicks}", *args.overrides]
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(VARIANTS))
