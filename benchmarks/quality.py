@@ -30,6 +30,7 @@ from divspa.config import load_config  # noqa: E402
 from divspa.models.checkpoint import load_checkpoint  # noqa: E402
 from divspa.models.evaluate import EvalResult, long_tail_mask, model_scorer, popularity_scorer  # noqa: E402
 from divspa.pipeline import BY_NAME, run_stage  # noqa: E402
+from divspa.report import scatter  # noqa: E402
 from divspa.runtime import RunContext  # noqa: E402
 from divspa.stages.augment import augment  # noqa: E402
 from divspa.stages.evaluate import evaluate_scorer  # noqa: E402
@@ -195,7 +196,8 @@ def run_workers(args: argparse.Namespace, seeds: list[int], variants: list[str])
     return merged
 
 
-def report(by_seed: dict[int, dict[str, dict[str, float]]], variants: list[str], conf: str, elapsed: float) -> None:
+def report(by_seed: dict[int, dict[str, dict[str, float]]], variants: list[str], conf: str, elapsed: float,
+           frontier: str = "") -> None:
     seeds = sorted(by_seed)
     print(f"\n# {conf}, {len(seeds)} seeds, {elapsed:.0f}s; mean +- std; p = two-sided paired t-test vs base")
     for title, keys in (("accuracy", ACC), ("diversity", DIV)):
@@ -214,6 +216,13 @@ def report(by_seed: dict[int, dict[str, dict[str, float]]], variants: list[str],
                 fmt = f"{mean:.4f}+-{std:.4f}" if mean < 1.5 else f"{mean:.0f}+-{std:.0f}"
                 cells.append(f"{fmt + p:>25}")
             print(f"{model:<18}" + "".join(cells))
+    points = {m: (float(np.mean([by_seed[s][m]["distinct@100"] for s in seeds])),
+                  float(np.mean([by_seed[s][m]["hr@50"] for s in seeds])))
+              for m in ["popularity", "base", *variants] if all(m in by_seed[s] for s in seeds)}
+    if frontier:
+        Path(frontier).write_text("<!doctype html><html><body>" + scatter(
+            f"{conf}: mean over {len(seeds)} seeds", points, "distinct items @100", "HR@50") + "</body></html>")
+        print(f"\naccuracy-diversity frontier: {frontier}")
     pop = [by_seed[s]["popularity"]["hr@50"] for s in seeds if "popularity" in by_seed[s]]
     if len(pop) == len(seeds):
         ratio = [by_seed[s]["base"]["hr@50"] / max(by_seed[s]["popularity"]["hr@50"], 1e-12) for s in seeds]
@@ -233,6 +242,7 @@ def main() -> None:
                     help="sparse: per-user split, each user's train thinned to --max-train-clicks random clicks")
     ap.add_argument("--max-train-clicks", type=int, default=5,
                     help="the sparse regime's cap (paper's Video: 2.2 clicks a user on average)")
+    ap.add_argument("--report-from", default="", help="print the tables of an earlier run's --results file")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     if args.regime == "sparse" and not args.tasks:  # workers get these as --set already
@@ -243,6 +253,10 @@ def main() -> None:
         ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     seeds = list(range(1, args.seeds + 1))
     started = time.perf_counter()
+    if args.report_from:  # tables and frontier again from a run's --results file, no training
+        by_seed = {int(k): v for k, v in json.loads(Path(args.report_from).read_text()).items()}
+        report(by_seed, variants, " ".join([args.conf, *args.overrides]), 0.0, str(Path(args.out) / "frontier.html"))
+        return
     if args.jobs > 1 and not args.tasks:
         by_seed = run_workers(args, seeds, variants)
     else:
@@ -254,7 +268,8 @@ def main() -> None:
         Path(args.results).write_text(json.dumps(by_seed))
     if os.environ.get(WORKER_ENV):  # the parent reports over every worker's seeds
         return
-    report(by_seed, variants, " ".join([args.conf, *args.overrides]), time.perf_counter() - started)
+    report(by_seed, variants, " ".join([args.conf, *args.overrides]), time.perf_counter() - started,
+           str(Path(args.out) / "frontier.html"))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,49 @@ def _bars(title: str, categories: list[str], series: dict[str, list[float]], fmt
     return "".join(parts)
 
 
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+
+
+def scatter(title: str, points: dict[str, tuple[float, float]], xlabel: str, ylabel: str) -> str:
+    """One labelled point per model on value axes (the accuracy-diversity frontier): up and to the
+    right is better on both. Axes span the points' range with a margin, ticks labelled."""
+    w, h, left, bottom, top_pad, right = 640, 320, 70, 50, 30, 30
+    if not points:
+        return ""
+    xs, ys = [p[0] for p in points.values()], [p[1] for p in points.values()]
+    def span(vals: list[float]) -> tuple[float, float]:
+        lo, hi = min(vals), max(vals)
+        pad = (hi - lo) * 0.1 or abs(hi) * 0.1 or 1.0
+        return lo - pad, hi + pad
+    (x0, x1), (y0, y1) = span(xs), span(ys)
+    px = lambda x: left + (w - left - right) * (x - x0) / (x1 - x0)  # noqa: E731
+    py = lambda y: h - bottom - (h - bottom - top_pad) * (y - y0) / (y1 - y0)  # noqa: E731
+    parts = [f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
+             f'<text x="{left}" y="14" font-weight="bold">{html.escape(title)}</text>',
+             f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="#333"/>',
+             f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{h - bottom}" stroke="#333"/>',
+             f'<text x="{(left + w - right) / 2}" y="{h - 12}" text-anchor="middle">{html.escape(xlabel)}</text>',
+             f'<text x="14" y="{(top_pad + h - bottom) / 2}" text-anchor="middle" '
+             f'transform="rotate(-90 14 {(top_pad + h - bottom) / 2})">{html.escape(ylabel)}</text>']
+    for t in _ticks(x0, x1):
+        parts.append(f'<text x="{px(t):.1f}" y="{h - bottom + 14}" text-anchor="middle">{_fmt_tick(t)}</text>')
+    for t in _ticks(y0, y1):
+        parts.append(f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{_fmt_tick(t)}</text>'
+                     f'<line x1="{left}" y1="{py(t):.1f}" x2="{w - right}" y2="{py(t):.1f}" stroke="#eee"/>')
+    for i, (name, (x, y)) in enumerate(points.items()):
+        c = PALETTE[i % len(PALETTE)]
+        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="{c}"><title>{html.escape(name)}: '
+                     f'{_fmt_tick(x)}, {_fmt_tick(y)}</title></circle>'
+                     f'<text x="{px(x) + 8:.1f}" y="{py(y) - 6:.1f}" fill="{c}">{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _fmt_tick(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -80,6 +123,13 @@ def write_report(ctx: RunContext) -> Path:
         ["model", *[f"{met}@{k}" for k in dks for met in ("distinct", "coverage", "gini", "long-tail")]], div_rows))
     sections.append(_bars("distinct items in the union of top-K lists", [f"@{k}" for k in dks],
                           {mod: [get.get((mod, "distinct_items", k)) or 0.0 for k in dks] for mod in models}, "{:,.0f}"))
+
+    if ks and dks:
+        k, dk = (50 if 50 in ks else ks[0]), (100 if 100 in dks else dks[0])
+        points = {mod: (get[(mod, "distinct_items", dk)], get[(mod, "hr", k)]) for mod in models
+                  if (mod, "distinct_items", dk) in get and (mod, "hr", k) in get}
+        sections.append("<h2>Accuracy vs diversity</h2>" + scatter(
+            f"HR@{k} against distinct items in the top-{dk} lists", points, f"distinct items @{dk}", f"HR@{k}"))
 
     aug_stats = [m for m in metrics if m["stage"] == "augment"]
     strategies = sorted({m["model"] for m in aug_stats})

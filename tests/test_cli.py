@@ -43,6 +43,9 @@ def test_full_pipeline_is_resumable_and_idempotent(spark, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train_divspa" in out and "divspa-1" in out and "base" in out and "popularity" in out
     assert "report:" in out and (tmp_path / "runs" / "r1" / "report.html").is_file()
+    page = (tmp_path / "runs" / "r1" / "report.html").read_text()
+    frontier = page[page.index("Accuracy vs diversity"):]
+    assert all(f"<title>{m}: " in frontier for m in ("popularity", "base", "divspa-1"))
 
     # Same run id again: every stage is skipped and no table gets a new version.
     assert main(["run", *args(tmp_path)]) == 0
