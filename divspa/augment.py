@@ -120,19 +120,28 @@ def excluded_clicks(examples: DataFrame, exclude: str) -> DataFrame:
     return rows.select("user_id", "item_id").distinct()
 
 
-def selection(scored: DataFrame, cfg: AugmentConfig, item_clicks: DataFrame | None) -> DataFrame:
-    """Add `selection`: the teacher's score, popularity-discounted when augment.popularity_debias > 0.
+def debias_factors(cfg: AugmentConfig, item_clicks: DataFrame | None) -> tuple[DataFrame, float] | None:
+    """(aug_item_id, _f = (n_max / n_v)^g) per item, and the factor of an item no fitted click holds
+    (seen only in validation: counted as clicked once); None for the paper's rule (g = 0).
 
-    item_clicks: (item_id, n) fitted train clicks per item, small enough to broadcast (one row an item).
+    item_clicks: (item_id, n) fitted train clicks per item, small enough to broadcast (one row an
+    item). Built once per augmentation and shared by every strategy: n_max costs one Spark job.
     """
     if not cfg.popularity_debias or item_clicks is None:
-        return scored.withColumn("selection", F.col("score"))
-    top = item_clicks.agg(F.max("n")).first()[0] or 1
+        return None
+    top = float(item_clicks.agg(F.max("n")).first()[0] or 1)
     factor = item_clicks.select(F.col("item_id").alias("aug_item_id"), F.pow(
-        F.lit(float(top)) / F.col("n").cast("double"), F.lit(cfg.popularity_debias)).alias("_f"))
-    with_f = scored.join(F.broadcast(factor), "aug_item_id", "left")
-    # An item no fitted click holds (seen only in validation) counts as clicked once.
-    f = F.coalesce(F.col("_f"), F.pow(F.lit(float(top)), F.lit(cfg.popularity_debias)))
+        F.lit(top) / F.col("n").cast("double"), F.lit(cfg.popularity_debias)).alias("_f"))
+    return F.broadcast(factor), top ** cfg.popularity_debias
+
+
+def selection(scored: DataFrame, factors: tuple[DataFrame, float] | None) -> DataFrame:
+    """Add `selection`: the teacher's score, times the item's popularity discount when there is one."""
+    if factors is None:
+        return scored.withColumn("selection", F.col("score"))
+    factor, unseen = factors
+    with_f = scored.join(factor, "aug_item_id", "left")
+    f = F.coalesce(F.col("_f"), F.lit(unseen))
     return with_f.withColumn("selection", (F.col("score") * f).cast("double")).drop("_f")
 
 
@@ -147,6 +156,7 @@ def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighb
     fitted clicks per item, for augment.popularity_debias.
     """
     seen_pairs = seen.select("user_id", F.col("item_id").alias("aug_item_id"))
+    factors = debias_factors(cfg, item_clicks)
 
     parts: list[DataFrame] = []
     per_user: list[DataFrame] = []  # candidates shared by all of a user's positives
@@ -161,14 +171,14 @@ def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighb
                         .distinct())
     for df in per_user:
         fresh = df.join(seen_pairs, ["user_id", "aug_item_id"], "left_anti")
-        kept = top_k(selection(rescore(fresh, user_vecs, item_vecs), cfg, item_clicks), ["user_id", "strategy"], cfg.k)
+        kept = top_k(selection(rescore(fresh, user_vecs, item_vecs), factors), ["user_id", "strategy"], cfg.k)
         parts.append(positives.join(kept, "user_id"))
     if "i2i" in cfg.strategies:
         similar = neighbours.where(F.col("strategy") == "i2i").select(
             F.col("query_id").alias("item_id"), F.col("neighbour_id").alias("aug_item_id"))
         pairs = positives.join(similar, "item_id").join(seen_pairs, ["user_id", "aug_item_id"], "left_anti")
         scored = rescore(pairs.withColumn("strategy", F.lit("i2i")), user_vecs, item_vecs)
-        parts.append(top_k(selection(scored, cfg, item_clicks), GROUP, cfg.k))
+        parts.append(top_k(selection(scored, factors), GROUP, cfg.k))
     if not parts:  # every strategy ablated
         return positives.select("user_id", "item_id", F.lit("").alias("strategy"), F.lit(0).cast("bigint").alias(
             "aug_item_id"), F.lit(0).alias("rank"), F.lit(0.0).cast("float").alias("score"),
