@@ -53,7 +53,15 @@ VARIANTS: dict[str, dict] = {
     "debias_0.25": {"debias": 0.25},
     "debias_0.5": {"debias": 0.5},
     "debias_1": {"debias": 1.0},
+    # Not in the paper: u2i without the teacher's 10 best (augment.u2i_skip), one strategy per
+    # candidate (augment.dedup), and both with a mild popularity discount.
+    "u2i_skip_10": {"u2i_skip": 10},
+    "dedup": {"dedup": True},
+    "dedup_skip_10": {"dedup": True, "u2i_skip": 10},
+    "dedup_skip_debias_0.25": {"dedup": True, "u2i_skip": 10, "debias": 0.25},
 }
+# The augment options a variant may set; a variant that changes any of them re-augments.
+AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup"}
 WORKER_ENV = "DIVSPA_QUALITY_WORKER"
 ACC = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (50, 100, 200)]
 DIV = ["distinct@100", "distinct@500", "distinct@1000", "coverage@100", "gini@100", "long_tail@100"]
@@ -129,13 +137,15 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
     out["base"] = figures(evaluate_scorer(ctx, model_scorer(base), base.vocab), tail)
     out["popularity"] = figures(evaluate_scorer(ctx, popularity_scorer(base.item_counts), base.vocab), tail)
     default = copy.deepcopy(cfg)
-    augmented_with = (cfg.augment.sampler, cfg.augment.popularity_debias)  # what the table holds now
+    as_configured = {key: getattr(default.augment, field) for key, field in AUGMENT_KEYS.items()}
+    augmented_with = dict(as_configured)  # what the table holds now
     for name in variants:
         spec = VARIANTS[name]
-        want = (spec.get("sampler", default.augment.sampler), spec.get("debias", default.augment.popularity_debias))
-        if want != augmented_with:  # a different sampler or selection needs a new augmentation
+        want = {key: spec.get(key, value) for key, value in as_configured.items()}
+        if want != augmented_with:  # a different sampler or candidate rule needs a new augmentation
             ctx.cfg.augment.strategies = list(ALL)
-            ctx.cfg.augment.sampler, ctx.cfg.augment.popularity_debias = want
+            for key, field in AUGMENT_KEYS.items():
+                setattr(ctx.cfg.augment, field, want[key])
             augment(ctx, "bench.augment", BASE_VERSION)
             augmented_with = want
         ctx.cfg.augment.strategies = list(spec.get("strategies", default.augment.strategies))
@@ -146,7 +156,7 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
         out[name] = figures(evaluate_scorer(ctx, model_scorer(student), student.vocab), tail)
         print(f"seed {seed} {name:<16} HR@50 {out[name]['hr@50']:.4f} (base {out['base']['hr@50']:.4f})  "
               f"[{time.perf_counter() - started:.0f}s]", flush=True)
-    if augmented_with != (default.augment.sampler, default.augment.popularity_debias):  # as the config says
+    if augmented_with != as_configured:  # leave the table as the config says
         ctx.cfg.augment = copy.deepcopy(default.augment)
         augment(ctx, "bench.augment", BASE_VERSION)
     return out, ctx.spark
@@ -156,7 +166,7 @@ def plan(seeds: list[int], variants: list[str], jobs: int) -> list[list[tuple[in
     """Work per worker: whole seeds round-robin, then the seeds left over (fewer than `jobs`) with
     their variants dealt out, so no worker idles for a whole seed. A worker that gets part of a
     seed runs that seed's pipeline itself: the same seed trains the same teacher."""
-    full = len(seeds) - len(seeds) % jobs
+    full = len(seeds) - len(seeds) % jobs if variants else len(seeds)
     work: list[list[tuple[int, list[str]]]] = [[(s, variants) for s in seeds[j:full:jobs]] for j in range(jobs)]
     for seed in seeds[full:]:
         for j in range(jobs):
@@ -247,7 +257,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.regime == "sparse" and not args.tasks:  # workers get these as --set already
         args.overrides = ["split.mode=per_user", f"split.max_train_clicks={args.max_train_clicks}", *args.overrides]
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v]  # none: the base model and popularity only
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")

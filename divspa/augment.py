@@ -12,6 +12,8 @@ With augment.popularity_debias = g > 0 (not in the paper) every candidate is ran
 weighted by its `selection` s(u, v) * (n_max / n_v)^g instead of s(u, v), n_v being v's fitted
 train clicks: the teacher ranks what it saw often high, so its top-k alone narrows the student;
 the discount trades some of that agreement for long-tail candidates. g = 0 is the paper's rule.
+Two more options leave the paper's rule for the same reason: augment.u2i_skip = n drops the
+teacher's n best u2i candidates, and augment.dedup keeps an item in one strategy per positive.
 
 Sampling is Efraimidis-Spirakis weighted sampling without replacement: candidate i gets the key
 log(r_i) / p_i and the m largest keys win, where r_i is a uniform number hashed from
@@ -83,10 +85,28 @@ def beta_rank_probs(k: int, alpha: float) -> tuple[tuple[float, ...], ...]:
     return tuple(out)
 
 
-def top_k(scored: DataFrame, keys: list[str], k: int) -> DataFrame:
-    """Keep the k best candidates by `selection` per `keys` group, ranked 1..k (ties: smaller item id)."""
+def top_k(scored: DataFrame, keys: list[str], k: int, skip: int = 0) -> DataFrame:
+    """Keep the k best candidates by `selection` per `keys` group after the `skip` best, ranked 1..k
+    (ties: smaller item id)."""
     w = Window.partitionBy(*keys).orderBy(F.col("selection").desc(), F.col("aug_item_id").asc())
-    return scored.withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= k)
+    ranked = scored.withColumn("rank", F.row_number().over(w))
+    kept = ranked.where((F.col("rank") > skip) & (F.col("rank") <= skip + k))
+    return kept.withColumn("rank", F.col("rank") - skip) if skip else kept
+
+
+# Which strategy keeps an item that several offer for one positive (augment.dedup): the real clicks
+# of similar users first, then the positive's neighbours, the teacher's own top-k last.
+DEDUP_ORDER = ("u2u2i", "i2i", "u2i")
+
+
+def dedup(cands: DataFrame) -> DataFrame:
+    """One row per (user, positive, candidate item), from the first strategy of DEDUP_ORDER that
+    offers it; each strategy's survivors re-ranked 1..n by `selection`."""
+    first = F.when(F.col("strategy") == DEDUP_ORDER[0], 0).when(F.col("strategy") == DEDUP_ORDER[1], 1).otherwise(2)
+    one = Window.partitionBy("user_id", "item_id", "aug_item_id").orderBy(first)
+    kept = cands.withColumn("_d", F.row_number().over(one)).where(F.col("_d") == 1).drop("_d")
+    w = Window.partitionBy(*GROUP).orderBy(F.col("selection").desc(), F.col("aug_item_id").asc())
+    return kept.withColumn("rank", F.row_number().over(w))
 
 
 def sample(candidates: DataFrame, cfg: AugmentConfig, seed: int) -> DataFrame:
@@ -159,19 +179,20 @@ def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighb
     factors = debias_factors(cfg, item_clicks)
 
     parts: list[DataFrame] = []
-    per_user: list[DataFrame] = []  # candidates shared by all of a user's positives
+    per_user: list[tuple[str, DataFrame]] = []  # candidates shared by all of a user's positives
     if "u2i" in cfg.strategies:
-        per_user.append(neighbours.where(F.col("strategy") == "u2i").select(
-            F.col("query_id").alias("user_id"), F.col("neighbour_id").alias("aug_item_id"), F.lit("u2i").alias("strategy")))
+        per_user.append(("u2i", neighbours.where(F.col("strategy") == "u2i").select(
+            F.col("query_id").alias("user_id"), F.col("neighbour_id").alias("aug_item_id"), F.lit("u2i").alias("strategy"))))
     if "u2u2i" in cfg.strategies:
         similar = neighbours.where(F.col("strategy") == "u2u").select(
             F.col("query_id").alias("user_id"), F.col("neighbour_id").alias("_peer"))
         clicks = peer_clicks.select(F.col("user_id").alias("_peer"), F.col("item_id").alias("aug_item_id"))
-        per_user.append(similar.join(clicks, "_peer").select("user_id", "aug_item_id", F.lit("u2u2i").alias("strategy"))
-                        .distinct())
-    for df in per_user:
+        per_user.append(("u2u2i", similar.join(clicks, "_peer").select(
+            "user_id", "aug_item_id", F.lit("u2u2i").alias("strategy")).distinct()))
+    for name, df in per_user:
         fresh = df.join(seen_pairs, ["user_id", "aug_item_id"], "left_anti")
-        kept = top_k(selection(rescore(fresh, user_vecs, item_vecs), factors), ["user_id", "strategy"], cfg.k)
+        kept = top_k(selection(rescore(fresh, user_vecs, item_vecs), factors), ["user_id", "strategy"], cfg.k,
+                     skip=cfg.u2i_skip if name == "u2i" else 0)
         parts.append(positives.join(kept, "user_id"))
     if "i2i" in cfg.strategies:
         similar = neighbours.where(F.col("strategy") == "i2i").select(
@@ -187,4 +208,4 @@ def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighb
     out = parts[0].select(*cols)
     for p in parts[1:]:
         out = out.unionByName(p.select(*cols))
-    return out
+    return dedup(out) if cfg.dedup and len(parts) > 1 else out

@@ -217,6 +217,14 @@ class AugmentConfig:
     # teacher's own favourites are what it saw most; discounting them lets the augmentation widen
     # the student instead of narrowing it (see docs/BENCHMARKS.md, "Diversity").
     popularity_debias: float = _opt(0.0, ge=0)
+    # Not in the paper: u2i skips the teacher's n best candidates of the user and keeps ranks n+1..n+k.
+    # u2i is the teacher's own top-k outright; distilling it back mostly re-teaches what the student
+    # ranks first anyway. 0 = the paper's u2i.
+    u2i_skip: int = _opt(0, ge=0)
+    # Not in the paper: an item is a candidate of one strategy per (user, positive), the first of
+    # u2u2i, i2i, u2i that offers it. With False an item all three strategies agree on is drawn up to
+    # three times for one positive, and the student's loss leans three times on the teacher's consensus.
+    dedup: bool = False
     beta_alpha: float = _opt(0.5, gt=0)
     min_score: float = _opt(1e-6, gt=0)  # scores are floored here for sampling probabilities and weights
     long_tail_share: float = _opt(0.8, gt=0, lt=1)  # the least clicked items holding this share are long-tail
@@ -321,6 +329,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if cfg.augment.k > cfg.retrieve.k:
         raise ConfigError(f"{source}: augment.k = {cfg.augment.k} exceeds retrieve.k = {cfg.retrieve.k}: "
                           "the teacher can only keep candidates that retrieval found")
+    if cfg.augment.u2i_skip and "u2i" in cfg.augment.strategies and \
+            cfg.augment.u2i_skip + cfg.augment.k > cfg.retrieve.k:
+        raise ConfigError(f"{source}: augment.u2i_skip + augment.k = {cfg.augment.u2i_skip + cfg.augment.k} "
+                          f"exceeds retrieve.k = {cfg.retrieve.k}: u2i would run out of retrieved candidates")
     if cfg.augment.m > cfg.augment.k:
         raise ConfigError(f"{source}: augment.m = {cfg.augment.m} exceeds augment.k = {cfg.augment.k}")
     if cfg.split.mode == "per_user" and cfg.split.cut_time:

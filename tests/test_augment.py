@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from divspa.augment import beta_rank_probs, sample
+from divspa.augment import DEDUP_ORDER, beta_rank_probs, sample
 from divspa.config import AugmentConfig
 from divspa.models.checkpoint import load_checkpoint
 from divspa.models.divspa import DivspaTrainer
@@ -115,6 +115,48 @@ def test_popularity_debias_moves_candidates_to_the_long_tail(augmented):
     assert groups.where(F.abs(F.col("w") - 1.0) > 1e-5).count() == 0 and groups.where("n > 3").count() == 0
     assert groups.count() == default.select("user_id", "item_id", "strategy").distinct().count()
     assert debiased.where("score > 1.0001").count() == 0
+
+
+def test_u2i_skip_and_dedup(augmented):
+    from divspa.stages.augment import candidate_rows
+
+    ctx, acfg = augmented, augmented.cfg.augment
+    key = ["user_id", "item_id", "strategy", "aug_item_id", "rank"]
+    paper = {tuple(r) for r in candidate_rows(ctx, BASE_VERSION).select(*key).collect()}
+    try:
+        acfg.u2i_skip = 5
+        skipped = {tuple(r) for r in candidate_rows(ctx, BASE_VERSION).select(*key).collect()}
+        acfg.u2i_skip, acfg.dedup = 0, True
+        deduped = candidate_rows(ctx, BASE_VERSION).cache()
+        sampled = sample(deduped, acfg, ctx.cfg.run.seed).collect()
+        deduped = {tuple(r) for r in deduped.select(*key).collect()}
+    finally:
+        acfg.u2i_skip, acfg.dedup = 0, False
+    # u2i_skip: the teacher's 5 best u2i items are gone; its ranks 6..k are u2i's ranks 1..k-5; the
+    # other strategies are untouched.
+    u2i = [r for r in paper if r[2] == "u2i"]
+    assert u2i
+    assert {r for r in skipped if r[2] != "u2i"} == {r for r in paper if r[2] != "u2i"}
+    assert {(*r[:4], r[4] - 5) for r in u2i if r[4] > 5} <= {r for r in skipped if r[2] == "u2i"}
+    best = {(r[0], r[3]) for r in u2i if r[4] <= 5}
+    assert not best & {(r[0], r[3]) for r in skipped if r[2] == "u2i"}
+    # dedup: each (user, positive, item) once, from the first strategy offering it; nothing else lost;
+    # ranks 1..n within each group; sampled weights still sum to 1 per group.
+    offered: dict[tuple, set[str]] = {}
+    for r in paper:
+        offered.setdefault((r[0], r[1], r[3]), set()).add(r[2])
+    assert len(offered) < len(paper)  # the strategies do overlap on this data
+    got = {(r[0], r[1], r[3]): r[2] for r in deduped}
+    assert len(got) == len(deduped) and got.keys() == offered.keys()
+    assert all(got[c] == next(s for s in DEDUP_ORDER if s in strategies) for c, strategies in offered.items())
+    ranks: dict[tuple, list[int]] = {}
+    for r in deduped:
+        ranks.setdefault((r[0], r[1], r[2]), []).append(r[4])
+    assert all(sorted(v) == list(range(1, len(v) + 1)) for v in ranks.values())
+    sums: dict[tuple, float] = {}
+    for r in sampled:
+        sums[(r.user_id, r.item_id, r.strategy)] = sums.get((r.user_id, r.item_id, r.strategy), 0.0) + r.weight
+    assert all(abs(w - 1.0) < 1e-5 for w in sums.values())
 
 
 def test_ablation_switches_strategies_off(augmented):

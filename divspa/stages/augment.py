@@ -24,7 +24,8 @@ NAME = "augment"
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def augmented(ctx: RunContext, version: str) -> DataFrame:
+def candidate_rows(ctx: RunContext, version: str) -> DataFrame:
+    """Every positive's ranked candidates per strategy, before sampling (see divspa.augment.candidates)."""
     acfg = ctx.cfg.augment
     examples = ctx.read("train_examples")
     positives = examples.where(~F.col("is_val")).select("user_id", "item_id").distinct()
@@ -35,9 +36,13 @@ def augmented(ctx: RunContext, version: str) -> DataFrame:
     else:
         peers = examples.select("user_id", "item_id").distinct()
     item_clicks = positives.groupBy("item_id").agg(F.count(F.lit(1)).alias("n")) if acfg.popularity_debias else None
-    cands = candidates(acfg, positives, seen, nb, peers, embeddings(ctx, "user_embeddings", "user_id", version),
-                       embeddings(ctx, "item_embeddings", "item_id", version), item_clicks)
-    rows = sample(cands, acfg, ctx.cfg.run.seed)
+    return candidates(acfg, positives, seen, nb, peers, embeddings(ctx, "user_embeddings", "user_id", version),
+                      embeddings(ctx, "item_embeddings", "item_id", version), item_clicks)
+
+
+def augmented(ctx: RunContext, version: str) -> DataFrame:
+    acfg = ctx.cfg.augment
+    rows = sample(candidate_rows(ctx, version), acfg, ctx.cfg.run.seed)
     return rows.select("user_id", "item_id", "strategy", "aug_item_id", F.col("rank").cast("int").alias("rank"),
                        "score", "weight", F.lit(acfg.sampler).alias("sampler"), F.lit(version).alias("model_version"),
                        F.lit(ctx.run_id).alias("run_id"))
