@@ -59,9 +59,13 @@ VARIANTS: dict[str, dict] = {
     "dedup": {"dedup": True},
     "dedup_skip_10": {"dedup": True, "u2i_skip": 10},
     "dedup_skip_debias_0.25": {"dedup": True, "u2i_skip": 10, "debias": 0.25},
+    # Not in the paper: i2i and u2u2i ranked by their own similarity (augment.rank_by = neighbour).
+    "rank_neighbour": {"rank_by": "neighbour"},
+    "rank_neighbour_wo_u2i": {"rank_by": "neighbour", "strategies": ["i2i", "u2u2i"]},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
-AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup"}
+AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",
+                "rank_by": "rank_by"}
 WORKER_ENV = "DIVSPA_QUALITY_WORKER"
 ACC = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (50, 100, 200)]
 DIV = ["distinct@100", "distinct@500", "distinct@1000", "coverage@100", "gini@100", "long_tail@100"]

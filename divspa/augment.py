@@ -13,7 +13,9 @@ weighted by its `selection` s(u, v) * (n_max / n_v)^g instead of s(u, v), n_v be
 train clicks: the teacher ranks what it saw often high, so its top-k alone narrows the student;
 the discount trades some of that agreement for long-tail candidates. g = 0 is the paper's rule.
 Two more options leave the paper's rule for the same reason: augment.u2i_skip = n drops the
-teacher's n best u2i candidates, and augment.dedup keeps an item in one strategy per positive.
+teacher's n best u2i candidates, augment.dedup keeps an item in one strategy per positive, and
+augment.rank_by = neighbour ranks, draws and weighs i2i candidates by s(v+, v) and u2u2i ones by
+the summed similarity to u of the similar users who clicked them, instead of s(u, v).
 
 Sampling is Efraimidis-Spirakis weighted sampling without replacement: candidate i gets the key
 log(r_i) / p_i and the m largest keys win, where r_i is a uniform number hashed from
@@ -155,14 +157,15 @@ def debias_factors(cfg: AugmentConfig, item_clicks: DataFrame | None) -> tuple[D
     return F.broadcast(factor), top ** cfg.popularity_debias
 
 
-def selection(scored: DataFrame, factors: tuple[DataFrame, float] | None) -> DataFrame:
-    """Add `selection`: the teacher's score, times the item's popularity discount when there is one."""
+def selection(scored: DataFrame, factors: tuple[DataFrame, float] | None, by: str = "score") -> DataFrame:
+    """Add `selection`: the teacher's score (or the strategy's neighbour similarity `_nb`, by =
+    "_nb", then dropped), times the item's popularity discount when there is one."""
     if factors is None:
-        return scored.withColumn("selection", F.col("score"))
+        return scored.withColumn("selection", F.col(by).cast("double")).drop("_nb")
     factor, unseen = factors
     with_f = scored.join(factor, "aug_item_id", "left")
     f = F.coalesce(F.col("_f"), F.lit(unseen))
-    return with_f.withColumn("selection", (F.col("score") * f).cast("double")).drop("_f")
+    return with_f.withColumn("selection", (F.col(by) * f).cast("double")).drop("_f", "_nb")
 
 
 def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighbours: DataFrame,
@@ -183,23 +186,28 @@ def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighb
     if "u2i" in cfg.strategies:
         per_user.append(("u2i", neighbours.where(F.col("strategy") == "u2i").select(
             F.col("query_id").alias("user_id"), F.col("neighbour_id").alias("aug_item_id"), F.lit("u2i").alias("strategy"))))
+    own = cfg.rank_by == "neighbour"  # i2i and u2u2i ranked by their own similarity, not s(u, v)
     if "u2u2i" in cfg.strategies:
         similar = neighbours.where(F.col("strategy") == "u2u").select(
-            F.col("query_id").alias("user_id"), F.col("neighbour_id").alias("_peer"))
+            F.col("query_id").alias("user_id"), F.col("neighbour_id").alias("_peer"), F.col("score").alias("_sim"))
         clicks = peer_clicks.select(F.col("user_id").alias("_peer"), F.col("item_id").alias("aug_item_id"))
-        per_user.append(("u2u2i", similar.join(clicks, "_peer").select(
-            "user_id", "aug_item_id", F.lit("u2u2i").alias("strategy")).distinct()))
+        peers = similar.join(clicks, "_peer")
+        if own:  # the item's support among similar users: the sum of their similarities to u
+            pooled = peers.groupBy("user_id", "aug_item_id").agg(F.sum("_sim").alias("_nb"))
+        else:
+            pooled = peers.select("user_id", "aug_item_id").distinct()
+        per_user.append(("u2u2i", pooled.withColumn("strategy", F.lit("u2u2i"))))
     for name, df in per_user:
         fresh = df.join(seen_pairs, ["user_id", "aug_item_id"], "left_anti")
-        kept = top_k(selection(rescore(fresh, user_vecs, item_vecs), factors), ["user_id", "strategy"], cfg.k,
-                     skip=cfg.u2i_skip if name == "u2i" else 0)
+        scored = selection(rescore(fresh, user_vecs, item_vecs), factors, "_nb" if own and name == "u2u2i" else "score")
+        kept = top_k(scored, ["user_id", "strategy"], cfg.k, skip=cfg.u2i_skip if name == "u2i" else 0)
         parts.append(positives.join(kept, "user_id"))
     if "i2i" in cfg.strategies:
         similar = neighbours.where(F.col("strategy") == "i2i").select(
-            F.col("query_id").alias("item_id"), F.col("neighbour_id").alias("aug_item_id"))
+            F.col("query_id").alias("item_id"), F.col("neighbour_id").alias("aug_item_id"), F.col("score").alias("_nb"))
         pairs = positives.join(similar, "item_id").join(seen_pairs, ["user_id", "aug_item_id"], "left_anti")
         scored = rescore(pairs.withColumn("strategy", F.lit("i2i")), user_vecs, item_vecs)
-        parts.append(top_k(selection(scored, factors), GROUP, cfg.k))
+        parts.append(top_k(selection(scored, factors, "_nb" if own else "score"), GROUP, cfg.k))
     if not parts:  # every strategy ablated
         return positives.select("user_id", "item_id", F.lit("").alias("strategy"), F.lit(0).cast("bigint").alias(
             "aug_item_id"), F.lit(0).alias("rank"), F.lit(0.0).cast("float").alias("score"),

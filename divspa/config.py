@@ -230,6 +230,11 @@ class AugmentConfig:
     # u2u2i, i2i, u2i that offers it. With False an item all three strategies agree on is drawn up to
     # three times for one positive, and the student's loss leans three times on the teacher's consensus.
     dedup: bool = False
+    # Not in the paper: what ranks, draws and weighs i2i and u2u2i candidates. "teacher": s(u, v), the
+    # paper's rule, the same for every strategy, so all three lean to what the teacher already ranks
+    # high for u. "neighbour": each strategy's own evidence: i2i by s(v+, v), u2u2i by the summed
+    # similarity to u of the similar users who clicked the item (u2i is s(u, v) either way).
+    rank_by: Literal["teacher", "neighbour"] = "teacher"
     beta_alpha: float = _opt(0.5, gt=0)
     min_score: float = _opt(1e-6, gt=0)  # scores are floored here for sampling probabilities and weights
     long_tail_share: float = _opt(0.8, gt=0, lt=1)  # the least clicked items holding this share are long-tail

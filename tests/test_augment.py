@@ -159,6 +159,42 @@ def test_u2i_skip_and_dedup(augmented):
     assert all(abs(w - 1.0) < 1e-5 for w in sums.values())
 
 
+def test_rank_by_neighbour_uses_each_strategys_own_similarity(augmented):
+    from divspa.stages.augment import candidate_rows
+
+    ctx, acfg = augmented, augmented.cfg.augment
+    acfg.rank_by = "neighbour"
+    try:
+        rows = candidate_rows(ctx, BASE_VERSION).collect()
+    finally:
+        acfg.rank_by = "teacher"
+    nb = ctx.read("neighbours").where(F.col("model_version") == BASE_VERSION).collect()
+    sim = {(r.strategy, r.query_id, r.neighbour_id): r.score for r in nb}
+    clicked: dict[int, set[int]] = {}
+    for r in ctx.read("user_histories").collect():
+        clicked[r.user_id] = set(r.history)
+    peers: dict[int, list[tuple[int, float]]] = {}
+    for (strategy, q, n), score in sim.items():
+        if strategy == "u2u":
+            peers.setdefault(q, []).append((n, score))
+    i2i = [r for r in rows if r.strategy == "i2i"]
+    u2u2i = [r for r in rows if r.strategy == "u2u2i"]
+    assert i2i and u2u2i
+    # i2i: s(v+, v) from the neighbours table, ranks in its order; u2u2i: summed peer similarity.
+    assert all(abs(r.selection - sim[("i2i", r.item_id, r.aug_item_id)]) < 1e-6 for r in i2i)
+    for r in u2u2i:
+        expected = sum(s for p, s in peers[r.user_id] if r.aug_item_id in clicked.get(p, ()))
+        assert abs(r.selection - expected) < 1e-4, (r, expected)
+    groups: dict[tuple, list] = {}
+    for r in i2i + u2u2i:
+        groups.setdefault((r.user_id, r.item_id, r.strategy), []).append(r)
+    for g in groups.values():
+        ordered = sorted(g, key=lambda r: r["rank"])
+        assert all(a.selection >= b.selection for a, b in zip(ordered, ordered[1:], strict=False))
+    # `score` stays the teacher's cosine: it differs from the selection somewhere.
+    assert any(abs(r.score - r.selection) > 1e-3 for r in i2i)
+
+
 def test_ablation_switches_strategies_off(augmented):
     ctx = augmented
     ctx.cfg.augment.strategies = ["i2i"]
