@@ -44,6 +44,7 @@ VARIANTS: dict[str, dict] = {
     "wo_i2i": {"strategies": ["u2i", "u2u2i"]},
     "wo_u2u2i": {"strategies": ["u2i", "i2i"]},
     "wo_all": {"strategies": []},
+    "only_i2i": {"strategies": ["i2i"]},
     "sampler_uniform": {"sampler": "uniform"},
     "sampler_beta": {"sampler": "beta"},
     "beta_0.05": {"beta": 0.05},
