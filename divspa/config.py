@@ -165,12 +165,7 @@ class TrainConfig:
     # negatives. They are drawn by popularity, so they are hard negatives on long-tail catalogues;
     # logQ correction (if on) then uses the mixture's sampling probability.
     in_batch_negatives: bool = False
-    val_fraction: float = _opt(0.05, ge=0, lt=1)  # share of train held out for early stopping
-    # Which train clicks are that share. "time": the latest ones overall (a global cut, like
-    # split.mode = global). "per_user": the latest click of hashed-random users, as many users as
-    # the share makes clicks, so validation asks what the per-user test asks (each user's next
-    # click); a time cut under a per-user split validates on the few users active last.
-    val_split: Literal["time", "per_user"] = "time"
+    val_fraction: float = _opt(0.05, ge=0, lt=1)  # latest share of train held out for early stopping
     max_val_examples: int = _opt(20000, ge=1)
     val_k: int = _opt(50, ge=1)  # early stopping watches HR@val_k on the validation slice
     patience: int = _opt(3, ge=1)

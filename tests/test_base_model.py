@@ -39,27 +39,6 @@ def test_user_histories_exclude_train_items_from_test(trained):
         assert len(r["history"]) <= 5
 
 
-def test_per_user_validation_holds_out_drawn_users_latest_click(trained):
-    from divspa.stages.prepare import train_examples
-
-    train = trained.read("split_clicks").where("split = 'train'").select("user_id", "item_id", "event_time")
-    features = trained.read("user_features").select("user_id", F.col("features").alias("user_features"))
-    slices = [train_examples(train.repartition(n), features, 5, 0.05, "per_user").select(
-        "user_id", "item_id", "event_time", "is_val").collect() for n in (1, 4)]
-    assert sorted(slices[0]) == sorted(slices[1])  # a function of the rows, not of the partitioning
-    rows = slices[0]
-    val = [r for r in rows if r.is_val]
-    latest: dict[int, tuple] = {}
-    clicks: dict[int, int] = {}
-    for r in rows:
-        latest[r.user_id] = max(latest.get(r.user_id, (r.event_time, r.item_id)), (r.event_time, r.item_id))
-        clicks[r.user_id] = clicks.get(r.user_id, 0) + 1
-    # One click per drawn user, their latest, never a user's only click; about 5 % of the clicks.
-    assert len({r.user_id for r in val}) == len(val)
-    assert all((r.event_time, r.item_id) == latest[r.user_id] and clicks[r.user_id] >= 2 for r in val)
-    assert 0.5 * 0.05 * len(rows) <= len(val) <= 1.5 * 0.05 * len(rows), (len(val), len(rows))
-
-
 @pytest.mark.parametrize("partitions", [1, 4])
 def test_spark_export_equals_in_process_vectors(trained, partitions):
     ctx = trained

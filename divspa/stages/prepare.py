@@ -2,8 +2,7 @@
 
 train_examples: one row per train click with the user's previous `history_len` clicks, taken
 strictly before the click's time (a click at the same instant is not history: no leakage), and
-an `is_val` flag on `val_fraction` of train for early stopping (the latest clicks overall, or
-each drawn user's latest click: train.val_split).
+an `is_val` flag on the latest `val_fraction` of train for early stopping.
 
 user_histories: one row per train user as of the cut: the last `history_len` train items (the
 input of the exported user vector), every train item (excluded from retrieval and masked in
@@ -33,38 +32,19 @@ def _with_features(df: DataFrame, features: DataFrame) -> DataFrame:
     return joined.withColumn("user_features", F.coalesce("user_features", F.array().cast("array<string>")))
 
 
-def train_examples(train: DataFrame, features: DataFrame, history_len: int, val_fraction: float,
-                   val_split: str = "time") -> DataFrame:
+def train_examples(train: DataFrame, features: DataFrame, history_len: int, val_fraction: float) -> DataFrame:
     order = Window.partitionBy("user_id").orderBy("event_time", "item_id").rowsBetween(-history_len, -1)
     previous = F.collect_list(F.struct("event_time", "item_id")).over(order)
     earlier = F.filter(previous, lambda p: p["event_time"] < F.col("event_time"))
     examples = train.select("user_id", "item_id", "event_time",
                             F.transform(earlier, lambda p: p["item_id"]).alias("history"))
-    if val_fraction <= 0:
-        is_val = F.lit(False)
-    elif val_split == "per_user":
-        return _with_features(per_user_validation(examples, val_fraction), features)
-    else:
+    if val_fraction > 0:
         q = train.select(F.unix_micros("event_time").alias("t")).approxQuantile("t", [1.0 - val_fraction], 1e-4)
         val_cut = dt.datetime.fromtimestamp(0, dt.UTC) + dt.timedelta(microseconds=int(q[0]))
         is_val = F.col("event_time") >= F.lit(val_cut)
+    else:
+        is_val = F.lit(False)
     return _with_features(examples.withColumn("is_val", is_val), features)
-
-
-VAL_BUCKETS = 1_000_000
-
-
-def per_user_validation(examples: DataFrame, val_fraction: float) -> DataFrame:
-    """`is_val` on the latest click of hashed-random users with two or more clicks, as many users
-    as val_fraction of the clicks (all such users if there are fewer). Which users is a pure
-    function of the user id: the same slice whatever the partitioning, seed or run."""
-    totals = examples.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users")).first()
-    share = min(1.0, val_fraction * totals["rows"] / max(totals["users"], 1))
-    drawn = F.pmod(F.xxhash64(F.lit("divspa.val"), "user_id"), F.lit(VAL_BUCKETS)) < F.lit(int(share * VAL_BUCKETS))
-    latest = Window.partitionBy("user_id").orderBy(F.col("event_time").desc(), F.col("item_id").desc())
-    n = F.count(F.lit(1)).over(Window.partitionBy("user_id"))
-    is_val = drawn & (F.row_number().over(latest) == 1) & (n >= 2)
-    return examples.withColumn("is_val", is_val)
 
 
 def in_example_order(examples: DataFrame, partitions: int) -> DataFrame:
@@ -104,7 +84,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     features = _user_features(ctx)
     mcfg, tcfg = ctx.cfg.model, ctx.cfg.train
     run_id = F.lit(ctx.run_id).alias("run_id")
-    examples = train_examples(train, features, mcfg.history_len, tcfg.val_fraction, tcfg.val_split)
+    examples = train_examples(train, features, mcfg.history_len, tcfg.val_fraction)
     ex = ctx.write(NAME, "train_examples",
                    in_example_order(examples, ctx.cfg.spark.shuffle_partitions).select("*", run_id))
     hist = ctx.write(NAME, "user_histories",
