@@ -87,12 +87,15 @@ def beta_rank_probs(k: int, alpha: float) -> tuple[tuple[float, ...], ...]:
     return tuple(out)
 
 
-def top_k(scored: DataFrame, keys: list[str], k: int, skip: int = 0) -> DataFrame:
-    """Keep the k best candidates by `selection` per `keys` group after the `skip` best, ranked 1..k
-    (ties: smaller item id)."""
+def ranked(scored: DataFrame, keys: list[str]) -> DataFrame:
+    """`rank` 1..n by `selection` within each `keys` group (ties: smaller item id)."""
     w = Window.partitionBy(*keys).orderBy(F.col("selection").desc(), F.col("aug_item_id").asc())
-    ranked = scored.withColumn("rank", F.row_number().over(w))
-    kept = ranked.where((F.col("rank") > skip) & (F.col("rank") <= skip + k))
+    return scored.withColumn("rank", F.row_number().over(w))
+
+
+def top_k(scored: DataFrame, keys: list[str], k: int, skip: int = 0) -> DataFrame:
+    """Keep the k best candidates by `selection` per `keys` group after the `skip` best, ranked 1..k."""
+    kept = ranked(scored, keys).where((F.col("rank") > skip) & (F.col("rank") <= skip + k))
     return kept.withColumn("rank", F.col("rank") - skip) if skip else kept
 
 
@@ -104,11 +107,10 @@ DEDUP_ORDER = ("u2u2i", "i2i", "u2i")
 def dedup(cands: DataFrame) -> DataFrame:
     """One row per (user, positive, candidate item), from the first strategy of DEDUP_ORDER that
     offers it; each strategy's survivors re-ranked 1..n by `selection`."""
-    first = F.when(F.col("strategy") == DEDUP_ORDER[0], 0).when(F.col("strategy") == DEDUP_ORDER[1], 1).otherwise(2)
+    first = F.array_position(F.array(*[F.lit(s) for s in DEDUP_ORDER]), F.col("strategy"))
     one = Window.partitionBy("user_id", "item_id", "aug_item_id").orderBy(first)
     kept = cands.withColumn("_d", F.row_number().over(one)).where(F.col("_d") == 1).drop("_d")
-    w = Window.partitionBy(*GROUP).orderBy(F.col("selection").desc(), F.col("aug_item_id").asc())
-    return kept.withColumn("rank", F.row_number().over(w))
+    return ranked(kept, GROUP)
 
 
 def sample(candidates: DataFrame, cfg: AugmentConfig, seed: int) -> DataFrame:
