@@ -155,7 +155,7 @@ class ModelConfig:
 class TrainConfig:
     lr: float = _opt(1e-3, gt=0)
     weight_decay: float = _opt(0.0, ge=0)
-    batch_size: int = _opt(256, ge=1)
+    batch_size: int = _opt(256, ge=1)  # rows per optimiser step; with train.processes = N each rank takes 1/N
     epochs: int = _opt(20, ge=1)
     num_negatives: int = _opt(200, ge=1)  # n sampled negatives per batch, shared by its rows (Eq. 1)
     negative_sampler: Literal["uniform", "popularity"] = "uniform"
@@ -173,6 +173,12 @@ class TrainConfig:
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     num_threads: int = _opt(0, ge=0)  # torch intra-op threads; 0 = torch's default
     log_every_s: float = _opt(10.0, gt=0)
+    # Data parallelism (docs/CLUSTER.md): 1 trains in this process, as always; N > 1 runs N ranks
+    # of DistributedDataParallel through Spark's TorchDistributor, each streaming its own share of
+    # the examples. "local": the N processes run on the driver's machine; "cluster": as barrier
+    # tasks on the executors.
+    processes: int = _opt(1, ge=1)
+    distributor: Literal["local", "cluster"] = "local"
 
 
 @dataclass

@@ -192,9 +192,13 @@ class Warehouse:
 
     def dataset(self, table: str, version: int | None = None) -> pads.Dataset:
         """The table as a pyarrow dataset (for PyTorch readers outside Spark); see divspa/snapshot.py."""
+        return self.snapshot(table, version).dataset()
+
+    def snapshot(self, table: str, version: int | None = None) -> Snapshot:
+        """One version of the table (the latest by default) as a picklable list of files."""
         if not self.exists(table):
             raise FileNotFoundError(f"table {table!r} does not exist under {self.root}")
-        return Snapshot.load(self._rs_uri(table), version, self.options).dataset()
+        return Snapshot.load(self._rs_uri(table), version, self.options)
 
     # --- writing -----------------------------------------------------------------------------
 

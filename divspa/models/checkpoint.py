@@ -44,6 +44,11 @@ def build_model(mcfg: ModelConfig, vocab: Vocab, item_tokens: torch.Tensor) -> T
 
 def save_checkpoint(path: str, bundle: ModelBundle) -> None:
     """Write the checkpoint to `path` (a path or URI) whole: never half-written under its name."""
+    storage.settings().write_bytes(str(path), to_bytes(bundle))
+
+
+def to_bytes(bundle: ModelBundle) -> bytes:
+    """The checkpoint's bytes (what `load_checkpoint` reads back)."""
     state = {
         "format": FORMAT,
         "model_config": dataclasses.asdict(bundle.mcfg),
@@ -56,7 +61,7 @@ def save_checkpoint(path: str, bundle: ModelBundle) -> None:
     }
     buf = io.BytesIO()
     torch.save(state, buf)
-    storage.settings().write_bytes(str(path), buf.getvalue())
+    return buf.getvalue()
 
 
 def load_checkpoint(source: str | bytes) -> ModelBundle:

@@ -7,10 +7,12 @@ sampler, the validation and the checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
 
 from divspa.config import Config
 from divspa.models.checkpoint import ModelBundle
@@ -45,6 +50,7 @@ class TrainReport:
     val_hr: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     examples: int = 0
+    epoch_examples: list[int] = field(default_factory=list)  # summed over ranks: each epoch reads every row once
     examples_per_s: float = 0.0
     wall_s: float = 0.0
 
@@ -82,8 +88,11 @@ class Trainer:
     columns = ["user_id", "item_id", "history", "user_features"]
 
     def __init__(self, cfg: Config, bundle: ModelBundle, dataset: pads.Dataset, run_id: str,
-                 where: dict[str, str] | None = None) -> None:
+                 where: dict[str, str] | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+        """`shard=(rank, world_size)`: this process trains on its share of the examples and, with
+        world_size > 1, synchronises gradients with the other ranks (an initialised process group)."""
         self.cfg = cfg
+        self.rank, self.world_size = shard
         self.tcfg = cfg.train
         self.bundle = bundle
         self.dataset = dataset
@@ -150,6 +159,46 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------------
 
+    def batches(self, epoch: int) -> Iterator[pa.Table]:
+        """This rank's training batches of one epoch: its work units, in the epoch's shuffled order.
+
+        `train.batch_size` is the optimiser step's batch whatever the number of ranks: each rank
+        takes its 1/N of it, so N ranks make the same number of steps per epoch as one process
+        (with half the steps, 2 ranks of full batches lost 0.07 test HR@20 in 4 epochs)."""
+        return stream_tables(self.dataset, self.columns, self.train_filter,
+                             max(1, self.tcfg.batch_size // self.world_size),
+                             self.tcfg.shuffle_buffer, self.cfg.run.seed, epoch, shard=(self.rank, self.world_size))
+
+    def _step_fn(self) -> Callable[[pa.Table], torch.Tensor]:
+        """The batch objective; across ranks it runs through DDP, whose backward averages the gradients."""
+        if self.world_size == 1:
+            return self.batch_loss
+        objective = _Objective(self)
+        return DistributedDataParallel(objective, forward_sync_buffers=False)  # buffers are constants (item tokens)
+
+    def _epoch_seed(self, epoch: int) -> None:
+        """Ranks draw different negatives, reproducibly: the sampler is seeded from (seed, epoch, rank).
+        One process keeps the single generator it always had (same numbers as before)."""
+        if self.world_size > 1:
+            seed = np.random.SeedSequence([self.cfg.run.seed, epoch, self.rank]).generate_state(1)[0]
+            self.sampler.generator.manual_seed(int(seed))
+
+    def _all_ranks(self, *values: float) -> list[float]:
+        """Sums over ranks (identity in one process)."""
+        if self.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def _from_rank0(self, value: float) -> float:
+        """Rank 0's value on every rank: rank 0 validates, every rank then takes the same decision."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.broadcast(t, src=0)
+        return float(t.item())
+
     def fit(self, epochs: int | None = None) -> TrainReport:
         """Train with early stopping on validation HR, or for exactly `epochs` epochs (then the
         last weights are kept and validation is only reported)."""
@@ -160,24 +209,34 @@ class Trainer:
         bad_epochs = 0
         started = time.monotonic()
         has_val = self.dataset.count_rows(filter=self.val_filter) > 0
+        step = self._step_fn()
+        label = f"rank {self.rank}: " if self.world_size > 1 else ""
         for epoch in range(1, epochs + 1):
             self.model.train()
-            progress = Progress(f"epoch {epoch}/{epochs}", self.train_rows, self.tcfg.log_every_s)
+            self._epoch_seed(epoch)
+            progress = Progress(f"{label}epoch {epoch}/{epochs}", self.train_rows // self.world_size,
+                                self.tcfg.log_every_s)
             total, seen = 0.0, 0
-            for table in stream_tables(self.dataset, self.columns, self.train_filter, self.tcfg.batch_size,
-                                       self.tcfg.shuffle_buffer, self.cfg.run.seed, epoch):
-                loss = self.batch_loss(table)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += float(loss.detach()) * table.num_rows
-                seen += table.num_rows
-                progress.update(seen, total / seen)
+            # Ranks may hold different numbers of batches: Join lets the ones that finish first
+            # shadow the others' gradient all-reduces instead of hanging.
+            with Join([step]) if self.world_size > 1 else contextlib.nullcontext():
+                for table in self.batches(epoch):
+                    loss = step(table)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    total += float(loss.detach()) * table.num_rows
+                    seen += table.num_rows
+                    progress.update(seen, total / seen)
             progress.close()
+            total, seen_all = self._all_ranks(total, seen)
+            seen = int(seen_all)
             report.examples += seen
+            report.epoch_examples.append(seen)
             report.train_loss.append(total / max(seen, 1))
             report.epochs_run = epoch
-            val = self.validate() if has_val else -report.train_loss[-1]
+            val = self.validate() if has_val and self.rank == 0 else -report.train_loss[-1]
+            val = self._from_rank0(val)
             report.val_hr.append(val)
             log.info("epoch %d: train loss %.4f, val HR@%d %.4f", epoch, report.train_loss[-1], self.tcfg.val_k, val)
             if fixed:
@@ -255,6 +314,19 @@ class Trainer:
             hits += int(((top == target.unsqueeze(1)).any(1) & known).sum())
             n += int(known.sum())
         return hits / n if n else 0.0
+
+
+class _Objective(torch.nn.Module):
+    """The trainer's batch loss as a module, so DistributedDataParallel can wrap it: DDP hooks the
+    model's parameters (registered here) and its forward is the objective, Eq. 1 or Eq. 3."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.model = trainer.model
+        self._loss = trainer.batch_loss  # a bound method, not a module: nothing else is registered
+
+    def forward(self, table: pa.Table) -> torch.Tensor:
+        return self._loss(table)
 
 
 @torch.no_grad()

@@ -13,9 +13,10 @@ import torch
 from pyspark.sql import functions as F
 
 from divspa import storage
-from divspa.models.checkpoint import ModelBundle, build_model, save_checkpoint
+from divspa.models.checkpoint import ModelBundle, build_model
+from divspa.models.distributed import TrainJob, train
 from divspa.models.encoding import Vocab
-from divspa.models.trainer import Trainer, TrainReport
+from divspa.models.trainer import TrainReport
 from divspa.runtime import RunContext
 from divspa.stages import Stage
 
@@ -69,12 +70,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     bundle = build_bundle(ctx, BASE_VERSION)
-    trainer = Trainer(cfg, bundle, ctx.warehouse.dataset("train_examples"), ctx.run_id)
-    report = trainer.fit()
-    bundle.model = trainer.model.cpu()
-    bundle.meta.update({"best_epoch": report.best_epoch, "val_hr": report.best_val_hr})
     path = checkpoint_path(ctx, BASE_VERSION)
-    save_checkpoint(path, bundle)
+    job = TrainJob(cfg, "base", ctx.warehouse.snapshot("train_examples"), ctx.run_id, where=None, epochs=None,
+                   checkpoint=path)
+    report = train(job, bundle)
     ctx.write_metrics(NAME, train_report_rows(BASE_VERSION, report, cfg.train.val_k))
     return {"checkpoint": str(path), "best_epoch": report.best_epoch, "val_hr": round(report.best_val_hr, 4),
             "examples_per_s": round(report.examples_per_s)}

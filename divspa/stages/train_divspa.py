@@ -14,8 +14,8 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from divspa.models.checkpoint import load_checkpoint, save_checkpoint
-from divspa.models.divspa import DivspaTrainer
+from divspa.models.checkpoint import load_checkpoint
+from divspa.models.distributed import TrainJob, train
 from divspa.runtime import RunContext
 from divspa.stages import Stage
 from divspa.stages.augment import augment
@@ -65,15 +65,13 @@ def train_student(ctx: RunContext, label: str, teacher: str, version: str) -> di
     bundle = build_bundle(ctx, version)
     bundle.meta.update({"teacher": teacher, "beta": cfg.divspa.beta, "mixup": cfg.divspa.mixup,
                         "strategies": list(cfg.augment.strategies), "sampler": cfg.augment.sampler})
-    trainer = DivspaTrainer(cfg, bundle, ctx.warehouse.dataset("divspa_examples"), ctx.run_id, where={"teacher": teacher})
     epochs = None
     if cfg.divspa.student_epochs == "teacher":
         epochs = int(load_checkpoint(checkpoint_path(ctx, teacher)).meta["best_epoch"])
         log.info("%s: training %d epochs, the teacher's (%s) best", version, epochs, teacher)
-    report = trainer.fit(epochs)
-    bundle.model = trainer.model.cpu()
-    bundle.meta.update({"best_epoch": report.best_epoch, "val_hr": report.best_val_hr})
-    save_checkpoint(checkpoint_path(ctx, version), bundle)
+    job = TrainJob(cfg, "divspa", ctx.warehouse.snapshot("divspa_examples"), ctx.run_id, where={"teacher": teacher},
+                   epochs=epochs, checkpoint=checkpoint_path(ctx, version))
+    report = train(job, bundle)
     ctx.write_metrics(label, train_report_rows(version, report, cfg.train.val_k))
     return {"version": version, "teacher": teacher, "best_epoch": report.best_epoch,
             "val_hr": round(report.best_val_hr, 4), "examples_per_s": round(report.examples_per_s)}
