@@ -2,17 +2,26 @@
 
     .venv/bin/python benchmarks/training.py                       # MovieLens-100K (conf/ml100k.yaml)
     .venv/bin/python benchmarks/training.py --conf conf/default.yaml
+    .venv/bin/python benchmarks/training.py --processes 1,2     # also: data-parallel ranks (issue 20)
 
 Runs the pipeline up to `augment` for the config's run if needed (skipping what is committed),
 then times one epoch of each trainer on the same examples (3 strategies x m = 3 augmented
 positives for DivSPA) and the reader over the same files. Goals: DivSPA epoch <= 1.5x base;
 reader >= 0.8x raw pyarrow.
+
+With `--processes 1,2` each trainer is then trained for `--ddp-epochs` fixed epochs through
+`divspa.models.distributed.train` (what the stages run) with each number of processes: the
+cores are split between the ranks (N ranks of cores/N torch threads; one process uses them all),
+and the table reports the median epoch (validation excluded) and the whole call (process start,
+imports and validation included).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import os
 import statistics
 import sys
 import time
@@ -23,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from divspa.config import load_config  # noqa: E402
+from divspa.config import Config, load_config  # noqa: E402
+from divspa.models.distributed import TrainJob, train  # noqa: E402
 from divspa.models.divspa import DivspaTrainer  # noqa: E402
 from divspa.models.trainer import Trainer  # noqa: E402
 from divspa.pipeline import BY_NAME, run_stage  # noqa: E402
@@ -60,6 +70,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--epochs", type=int, default=5, help="timed epochs per trainer, alternating")
     ap.add_argument("--passes", type=int, default=15, help="reader passes per method (median reported)")
+    ap.add_argument("--processes", default="", help="e.g. 1,2: also train with that many data-parallel ranks")
+    ap.add_argument("--ddp-epochs", type=int, default=3, help="fixed epochs per trainer and number of processes")
     args = ap.parse_args()
     cfg = load_config(args.conf, args.overrides)
     ctx = RunContext.start(cfg, "bench-training")
@@ -97,7 +109,7 @@ def main() -> None:
     # read itself. Passes are interleaved and the median kept, as one pass takes only tens of ms.
     arrow = DeltaIterableDataset(path, columns=cols, filters={"run_id": ctx.run_id}, batch_size=1024, as_arrow=True)
     tensors = DeltaIterableDataset(path, columns=cols, filters={"run_id": ctx.run_id}, batch_size=1024)
-    files = tensors.files
+    files = tensors.snapshot.files
     makers = {
         "raw pyarrow (to_batches)": lambda: pads.dataset(files, format="parquet").to_batches(columns=cols,
                                                                                             batch_size=1024),
@@ -115,6 +127,35 @@ def main() -> None:
     print(f"\n{'reader (median of ' + str(args.passes) + ' passes)':<34}{'rows/s':>12}{'vs raw':>10}")
     for label, rate in results.items():
         print(f"{label:<34}{rate:>12,.0f}{rate / raw:>10.2f}")
+    if args.processes:
+        data_parallel(ctx, cfg, [int(p) for p in args.processes.split(",")], args.ddp_epochs)
+
+
+def data_parallel(ctx: RunContext, cfg: Config, processes: list[int], epochs: int) -> None:
+    """Epoch time of base and DivSPA training with N data-parallel ranks (TorchDistributor, gloo)."""
+    cores = os.cpu_count() or 1
+    out = Path(cfg.output_dir) / "bench-ddp"
+    tables = {"base": ("train_examples", None), "divspa": ("divspa_examples", {"teacher": BASE_VERSION})}
+    print(f"\n# data-parallel training: {epochs} fixed epochs per row, batch {cfg.train.batch_size} per step "
+          f"(split across ranks), {cores} cores")
+    print(f"{'trainer':<8}{'processes':>10}{'threads/rank':>13}{'examples/s':>12}{'epoch s':>9}"
+          f"{'speed-up':>9}{'call s':>8}")
+    for kind, (table, where) in tables.items():
+        first = None
+        for n in processes:
+            run_cfg = copy.deepcopy(cfg)
+            run_cfg.train.processes = n
+            run_cfg.train.num_threads = max(1, cores // n)
+            job = TrainJob(run_cfg, kind, ctx.warehouse.snapshot(table), ctx.run_id, where=where, epochs=epochs,
+                           checkpoint=str(out / f"{kind}-{n}.pt"))
+            start = time.perf_counter()
+            report = train(job, build_bundle(ctx, f"bench-ddp-{kind}-{n}"))
+            call = time.perf_counter() - start
+            epoch = statistics.median(report.epoch_s)
+            rate = report.epoch_examples[0] / epoch
+            first = first or epoch
+            print(f"{kind:<8}{n:>10}{run_cfg.train.num_threads:>13}{rate:>12,.0f}{epoch:>9.2f}"
+                  f"{first / epoch:>9.2f}{call:>8.1f}")
 
 
 if __name__ == "__main__":

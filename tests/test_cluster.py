@@ -99,7 +99,7 @@ def cluster_out(teacher_snapshot, tmp_path_factory) -> Path:
 
 
 def submit(cluster: StandaloneCluster, package: Path, job: str, out: Path, log: Path,
-           ui_port: int | None = None) -> subprocess.Popen:
+           ui_port: int | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """spark-submit jobs/<job>.py to the cluster, as docs/CLUSTER.md says, logging to `log`."""
     python = sys.executable
     cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", cluster.url,
@@ -111,7 +111,7 @@ def submit(cluster: StandaloneCluster, package: Path, job: str, out: Path, log: 
            "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
            "--conf", f"spark.ui.port={ui_port or free_port()}", "--conf", "spark.ui.enabled=true",
            str(REPO / "jobs" / f"{job}.py"), "--conf", str(REPO / "conf" / "default.yaml"), "--force"]
-    for item in _overrides(out):
+    for item in [*_overrides(out), *extra]:
         cmd += ["--set", item]
     env = dict(os.environ, SPARK_HOME=str(spark_home()), SPARK_LOCAL_IP="127.0.0.1")
     env.pop("PYSPARK_GATEWAY_PORT", None)
@@ -213,6 +213,21 @@ def test_killed_driver_mid_write_then_rerun(spark, cluster, package, cluster_out
     if not native:
         assert Warehouse(spark, str(cluster_out / "warehouse")).cleanup("augmented_positives") >= 1
         assert not any((table_dir / STAGING_DIR).iterdir())
+
+
+def test_training_on_executors(spark, cluster, package, teacher_snapshot, tmp_path):
+    """train_base under spark-submit with 2 ranks as barrier tasks on the two workers (gloo)."""
+    from divspa.models.checkpoint import load_checkpoint
+
+    out = tmp_path / "out"
+    shutil.copytree(teacher_snapshot, out)
+    log = tmp_path / "train_base.log"
+    wait_ok(submit(cluster, package, "train_base", out, log,
+                   extra=("train.processes=2", "train.distributor=cluster", "train.num_threads=1")), log)
+    text = log.read_text()
+    assert "with 2 processes on executors" in text and f"master={cluster.url}" in text
+    bundle = load_checkpoint(str(out / "models" / RUN / "base.pt"))
+    assert bundle.meta["processes"] == 2 and bundle.meta["best_epoch"] >= 1
 
 
 def _data_files(table_dir: Path) -> set[Path]:

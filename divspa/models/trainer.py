@@ -51,6 +51,7 @@ class TrainReport:
     train_loss: list[float] = field(default_factory=list)
     examples: int = 0
     epoch_examples: list[int] = field(default_factory=list)  # summed over ranks: each epoch reads every row once
+    epoch_s: list[float] = field(default_factory=list)  # each epoch's training time, validation not included
     examples_per_s: float = 0.0
     wall_s: float = 0.0
 
@@ -217,6 +218,7 @@ class Trainer:
             progress = Progress(f"{label}epoch {epoch}/{epochs}", self.train_rows // self.world_size,
                                 self.tcfg.log_every_s)
             total, seen = 0.0, 0
+            epoch_started = time.monotonic()
             # Ranks may hold different numbers of batches: Join lets the ones that finish first
             # shadow the others' gradient all-reduces instead of hanging.
             with Join([step]) if self.world_size > 1 else contextlib.nullcontext():
@@ -230,6 +232,7 @@ class Trainer:
                     progress.update(seen, total / seen)
             progress.close()
             total, seen_all = self._all_ranks(total, seen)
+            report.epoch_s.append(time.monotonic() - epoch_started)
             seen = int(seen_all)
             report.examples += seen
             report.epoch_examples.append(seen)
