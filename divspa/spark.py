@@ -7,9 +7,11 @@ already chosen the master and resources, and we only add the settings the pipeli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 from pyspark.sql import SparkSession
 
@@ -112,3 +114,20 @@ def delta_spark_available(spark: SparkSession) -> bool:
         return True
     except Exception:
         return False
+
+
+@contextlib.contextmanager
+def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Session settings for one stage only: the previous values (or their absence) come back after
+    it, so a stage behaves the same whether the stages before it ran in this session or not."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)

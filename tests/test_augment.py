@@ -76,6 +76,7 @@ def test_table_is_identical_with_1_3_and_8_partitions(augmented):
     original = ctx.warehouse
     results = []
     modes = ["native", "embedded"] if original.native else ["embedded"]
+    session_shuffle = ctx.spark.conf.get("spark.sql.shuffle.partitions")
     try:
         for mode in modes:
             ctx.warehouse = Warehouse(ctx.spark, original.root, native=mode == "native")
@@ -85,10 +86,11 @@ def test_table_is_identical_with_1_3_and_8_partitions(augmented):
                 rerun(ctx, "retrieve")
                 rerun(ctx, "augment")
                 results.append(rows(ctx))
+                # augment.partitions holds for the stage only: later stages see the session's setting
+                assert ctx.spark.conf.get("spark.sql.shuffle.partitions") == session_shuffle
     finally:
         ctx.warehouse = original
         ctx.cfg.retrieve.partitions = ctx.cfg.augment.partitions = 0
-        ctx.spark.conf.set("spark.sql.shuffle.partitions", "4")
     assert results[0] and all(r == results[0] for r in results)
 
 

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from divspa.augment import candidates, excluded_clicks, sample
 from divspa.runtime import RunContext
+from divspa.spark import session_conf
 from divspa.stages import Stage
 from divspa.stages.retrieve import embeddings
 from divspa.stages.train_base import BASE_VERSION
@@ -81,10 +82,11 @@ def augmentation_stats(ctx: RunContext, aug: DataFrame) -> list[tuple[str, str, 
 
 def augment(ctx: RunContext, stage: str, version: str) -> dict[str, Any]:
     acfg = ctx.cfg.augment
-    if acfg.partitions:
-        ctx.spark.conf.set("spark.sql.shuffle.partitions", str(acfg.partitions))
-    result = ctx.write(stage, "augmented_positives", augmented(ctx, version), partition={"model_version": version},
-                       metadata={"divspa.model": version, "divspa.sampler": acfg.sampler})
+    shuffle = {"spark.sql.shuffle.partitions": str(acfg.partitions)} if acfg.partitions else {}
+    with session_conf(ctx.spark, shuffle):
+        result = ctx.write(stage, "augmented_positives", augmented(ctx, version),
+                           partition={"model_version": version},
+                           metadata={"divspa.model": version, "divspa.sampler": acfg.sampler})
     stats = augmentation_stats(ctx, ctx.read("augmented_positives").where(F.col("model_version") == version))
     ctx.write_metrics(stage, stats)
     figures = {f"{m}.{n}": v for m, n, _, v in stats if n in ("rows", "distinct_aug_items", "long_tail_share")}
