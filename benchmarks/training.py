@@ -68,8 +68,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--conf", default="conf/ml100k.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--epochs", type=int, default=5, help="timed epochs per trainer, alternating")
-    ap.add_argument("--passes", type=int, default=15, help="reader passes per method (median reported)")
+    ap.add_argument("--epochs", type=int, default=5, help="timed epochs per trainer, alternating (0: skip)")
+    ap.add_argument("--passes", type=int, default=15, help="reader passes per method, median reported (0: skip)")
     ap.add_argument("--processes", default="", help="e.g. 1,2: also train with that many data-parallel ranks")
     ap.add_argument("--ddp-epochs", type=int, default=3, help="fixed epochs per trainer and number of processes")
     args = ap.parse_args()
@@ -81,52 +81,54 @@ def main() -> None:
     ctx.write("bench", "divspa_examples", divspa_examples(ctx, BASE_VERSION), partition={"teacher": BASE_VERSION})
     torch.set_num_threads(cfg.train.num_threads or torch.get_num_threads())
 
-    base = Trainer(cfg, build_bundle(ctx, "bench-base"), ctx.warehouse.dataset("train_examples"), ctx.run_id)
-    student = DivspaTrainer(cfg, build_bundle(ctx, "bench-divspa"), ctx.warehouse.dataset("divspa_examples"),
-                            ctx.run_id, where={"teacher": BASE_VERSION})
-    # Epochs alternate between the trainers and the median is kept: this machine's speed drifts.
-    base_rates, div_rates = [], []
-    for _ in range(args.epochs):
-        rate, n = epoch_rate(base)
-        base_rates.append(rate)
-        div_rates.append(epoch_rate(student)[0])
-    base_rate, div_rate = statistics.median(base_rates), statistics.median(div_rates)
-    ratios = sorted(b / d for b, d in zip(base_rates, div_rates, strict=True))
-    aug_rows = ctx.read("divspa_examples").selectExpr("avg(size(aug_items))").first()[0]
-    print(f"# {args.conf}: {n:,} training examples per epoch, batch {cfg.train.batch_size}, "
-          f"{cfg.train.num_negatives} shared negatives, {torch.get_num_threads()} torch threads; "
-          f"DivSPA: {aug_rows:.2f} augmented positives per example ({', '.join(cfg.augment.strategies)}, m={cfg.augment.m})")
-    print(f"{'trainer (median of epochs)':<34}{'examples/s':>12}{'epoch s':>10}")
-    print(f"{'base (Eq. 1)':<34}{base_rate:>12,.0f}{n / base_rate:>10.1f}")
-    print(f"{'DivSPA (Eq. 3, output mix-up)':<34}{div_rate:>12,.0f}{n / div_rate:>10.1f}")
-    print(f"DivSPA epoch / base epoch: {statistics.median(ratios):.2f} median of {args.epochs} paired epochs "
-          f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}; goal <= 1.5)")
+    if args.epochs:
+        base = Trainer(cfg, build_bundle(ctx, "bench-base"), ctx.warehouse.dataset("train_examples"), ctx.run_id)
+        student = DivspaTrainer(cfg, build_bundle(ctx, "bench-divspa"), ctx.warehouse.dataset("divspa_examples"),
+                                ctx.run_id, where={"teacher": BASE_VERSION})
+        # Epochs alternate between the trainers and the median is kept: this machine's speed drifts.
+        base_rates, div_rates = [], []
+        for _ in range(args.epochs):
+            rate, n = epoch_rate(base)
+            base_rates.append(rate)
+            div_rates.append(epoch_rate(student)[0])
+        base_rate, div_rate = statistics.median(base_rates), statistics.median(div_rates)
+        ratios = sorted(b / d for b, d in zip(base_rates, div_rates, strict=True))
+        aug_rows = ctx.read("divspa_examples").selectExpr("avg(size(aug_items))").first()[0]
+        print(f"# {args.conf}: {n:,} training examples per epoch, batch {cfg.train.batch_size}, "
+              f"{cfg.train.num_negatives} shared negatives, {torch.get_num_threads()} torch threads; "
+              f"DivSPA: {aug_rows:.2f} augmented positives per example ({', '.join(cfg.augment.strategies)}, m={cfg.augment.m})")
+        print(f"{'trainer (median of epochs)':<34}{'examples/s':>12}{'epoch s':>10}")
+        print(f"{'base (Eq. 1)':<34}{base_rate:>12,.0f}{n / base_rate:>10.1f}")
+        print(f"{'DivSPA (Eq. 3, output mix-up)':<34}{div_rate:>12,.0f}{n / div_rate:>10.1f}")
+        print(f"DivSPA epoch / base epoch: {statistics.median(ratios):.2f} median of {args.epochs} paired epochs "
+              f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}; goal <= 1.5)")
 
-    # Reader vs raw pyarrow over the same files of train_examples.
-    path = ctx.warehouse.path("train_examples")
-    cols = ["user_id", "item_id", "history", "user_features"]
-    # The readers are built (Delta log read, version pinned) outside the clock: the figure is the
-    # read itself. Passes are interleaved and the median kept, as one pass takes only tens of ms.
-    arrow = DeltaIterableDataset(path, columns=cols, filters={"run_id": ctx.run_id}, batch_size=1024, as_arrow=True)
-    tensors = DeltaIterableDataset(path, columns=cols, filters={"run_id": ctx.run_id}, batch_size=1024)
-    files = tensors.snapshot.files
-    makers = {
-        "raw pyarrow (to_batches)": lambda: pads.dataset(files, format="parquet").to_batches(columns=cols,
-                                                                                            batch_size=1024),
-        "divspa reader (Arrow batches)": lambda: iter(arrow),
-        "divspa reader (tensors)": lambda: iter(tensors),
-    }
-    rates: dict[str, list[float]] = {label: [] for label in makers}
-    for _ in range(args.passes):
-        for label, make in makers.items():
-            start = time.perf_counter()
-            rows = sum(len(b["user_id"]) if isinstance(b, dict) else b.num_rows for b in make())
-            rates[label].append(rows / (time.perf_counter() - start))
-    results = {label: statistics.median(r) for label, r in rates.items()}
-    raw = results["raw pyarrow (to_batches)"]
-    print(f"\n{'reader (median of ' + str(args.passes) + ' passes)':<34}{'rows/s':>12}{'vs raw':>10}")
-    for label, rate in results.items():
-        print(f"{label:<34}{rate:>12,.0f}{rate / raw:>10.2f}")
+    if args.passes:
+        # Reader vs raw pyarrow over the same files of train_examples.
+        path = ctx.warehouse.path("train_examples")
+        cols = ["user_id", "item_id", "history", "user_features"]
+        # The readers are built (Delta log read, version pinned) outside the clock: the figure is the
+        # read itself. Passes are interleaved and the median kept, as one pass takes only tens of ms.
+        arrow = DeltaIterableDataset(path, columns=cols, filters={"run_id": ctx.run_id}, batch_size=1024, as_arrow=True)
+        tensors = DeltaIterableDataset(path, columns=cols, filters={"run_id": ctx.run_id}, batch_size=1024)
+        files = tensors.snapshot.files
+        makers = {
+            "raw pyarrow (to_batches)": lambda: pads.dataset(files, format="parquet").to_batches(columns=cols,
+                                                                                                batch_size=1024),
+            "divspa reader (Arrow batches)": lambda: iter(arrow),
+            "divspa reader (tensors)": lambda: iter(tensors),
+        }
+        rates: dict[str, list[float]] = {label: [] for label in makers}
+        for _ in range(args.passes):
+            for label, make in makers.items():
+                start = time.perf_counter()
+                rows = sum(len(b["user_id"]) if isinstance(b, dict) else b.num_rows for b in make())
+                rates[label].append(rows / (time.perf_counter() - start))
+        results = {label: statistics.median(r) for label, r in rates.items()}
+        raw = results["raw pyarrow (to_batches)"]
+        print(f"\n{'reader (median of ' + str(args.passes) + ' passes)':<34}{'rows/s':>12}{'vs raw':>10}")
+        for label, rate in results.items():
+            print(f"{label:<34}{rate:>12,.0f}{rate / raw:>10.2f}")
     if args.processes:
         data_parallel(ctx, cfg, [int(p) for p in args.processes.split(",")], args.ddp_epochs)
 
@@ -142,14 +144,18 @@ def data_parallel(ctx: RunContext, cfg: Config, processes: list[int], epochs: in
           f"{'speed-up':>9}{'call s':>8}")
     for kind, (table, where) in tables.items():
         first = None
-        for n in processes:
+        # One process with all cores, then (for comparison with one rank's work) with 1 thread.
+        runs = [(n, max(1, cores // n)) for n in processes]
+        if 1 in processes and cores > 1:
+            runs.insert(processes.index(1) + 1, (1, 1))
+        for n, threads in runs:
             run_cfg = copy.deepcopy(cfg)
             run_cfg.train.processes = n
-            run_cfg.train.num_threads = max(1, cores // n)
+            run_cfg.train.num_threads = threads
             job = TrainJob(run_cfg, kind, ctx.warehouse.snapshot(table), ctx.run_id, where=where, epochs=epochs,
-                           checkpoint=str(out / f"{kind}-{n}.pt"))
+                           checkpoint=str(out / f"{kind}-{n}x{threads}.pt"))
             start = time.perf_counter()
-            report = train(job, build_bundle(ctx, f"bench-ddp-{kind}-{n}"))
+            report = train(job, build_bundle(ctx, f"bench-ddp-{kind}-{n}x{threads}"))
             call = time.perf_counter() - start
             epoch = statistics.median(report.epoch_s)
             rate = report.epoch_examples[0] / epoch
