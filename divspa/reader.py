@@ -11,8 +11,8 @@ Rows stream file by file in Arrow record batches through a bounded shuffle buffe
 not grow with the table. The table may be a URI (s3://, s3a://, gs://, abfss://): credentials and
 endpoint come from `storage_options` (delta-rs names: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...) or
 the standard environment variables, for delta-rs and pyarrow alike. Under `torch.distributed` (or with rank/world_size given) and inside
-DataLoader workers, each reader takes every N-th unit of work (a Parquet row group), so the
-shards partition the table exactly: no row is lost or read twice.
+DataLoader workers, each reader takes its share of the units of work (Parquet row groups,
+balanced by rows), so the shards partition the table exactly: no row is lost or read twice.
 """
 
 from __future__ import annotations
@@ -38,16 +38,43 @@ def _units(dataset: pads.Dataset, filter: pads.Expression | None) -> list[pads.F
     return units
 
 
+def _unit_rows(unit: pads.Fragment) -> int:
+    """Rows of a work unit from its Parquet footer (before filters): no data is read."""
+    if isinstance(unit, pads.ParquetFileFragment) and unit.row_groups:
+        return sum(rg.num_rows for rg in unit.row_groups)
+    return 0
+
+
+def shard_units(units: list[pads.Fragment], index: int, count: int) -> list[pads.Fragment]:
+    """Shard `index` of `count`: a partition of the units balanced by rows, in the units' order.
+
+    Units go, largest first, to the shard with the fewest rows so far (ties to the lowest index),
+    so every shard gets a deterministic, near-equal share: data-parallel ranks make a near-equal
+    number of steps. (Every n-th unit left one rank of two with 59 % of ML-100K's rows.)
+    """
+    if count == 1:
+        return units
+    load = [0] * count
+    owner = [0] * len(units)
+    rows = [_unit_rows(u) for u in units]
+    for i in sorted(range(len(units)), key=lambda i: (-rows[i], i)):
+        target = min(range(count), key=lambda s: (load[s], s))
+        owner[i] = target
+        load[target] += rows[i]
+    return [u for u, o in zip(units, owner, strict=True) if o == index]
+
+
 def stream_tables(dataset: pads.Dataset, columns: list[str] | None, filter: pads.Expression | None,
                   batch_size: int, shuffle_buffer: int = 0, seed: int = 0, epoch: int = 0,
                   limit: int | None = None, shard: tuple[int, int] = (0, 1)) -> Iterator[pa.Table]:
     """Yield tables of `batch_size` rows (the last may be shorter); shuffled when shuffle_buffer > 0.
 
-    `shard=(i, n)` keeps work units i, i+n, i+2n, ...: n readers with i = 0..n-1 see every row once.
+    `shard=(i, n)` keeps shard i of n balanced shards of the work units (`shard_units`): n readers
+    with i = 0..n-1 see every row once.
     """
     rng = np.random.default_rng([seed, epoch])
     index, count = shard
-    units = _units(dataset, filter)[index::count]
+    units = shard_units(_units(dataset, filter), index, count)
     if shuffle_buffer:
         units = [units[i] for i in rng.permutation(len(units))]
     buffer: list[pa.RecordBatch] = []
