@@ -215,17 +215,25 @@ def test_killed_driver_mid_write_then_rerun(spark, cluster, package, cluster_out
         assert not any((table_dir / STAGING_DIR).iterdir())
 
 
-def test_training_on_executors(spark, cluster, package, teacher_snapshot, tmp_path):
-    """train_base under spark-submit with 2 ranks as barrier tasks on the two workers (gloo)."""
+def test_training_on_executors(spark, package, teacher_snapshot, tmp_path):
+    """train_base under spark-submit with 2 ranks as barrier tasks on the two workers (gloo).
+
+    On a cluster of its own: a barrier stage needs both slots at once, and the module's cluster
+    has lost a worker in test_lost_worker_mid_augment."""
     from divspa.models.checkpoint import load_checkpoint
 
     out = tmp_path / "out"
     shutil.copytree(teacher_snapshot, out)
     log = tmp_path / "train_base.log"
-    wait_ok(submit(cluster, package, "train_base", out, log,
-                   extra=("train.processes=2", "train.distributor=cluster", "train.num_threads=1")), log)
+    own = StandaloneCluster(tmp_path / "cluster", workers=2, cores_per_worker=1, memory_per_worker="2g",
+                            port=free_port(), webui_port=free_port()).start()
+    try:
+        wait_ok(submit(own, package, "train_base", out, log,
+                       extra=("train.processes=2", "train.distributor=cluster", "train.num_threads=1")), log)
+    finally:
+        own.stop()
     text = log.read_text()
-    assert "with 2 processes on executors" in text and f"master={cluster.url}" in text
+    assert "with 2 processes on executors" in text and f"master={own.url}" in text
     bundle = load_checkpoint(str(out / "models" / RUN / "base.pt"))
     assert bundle.meta["processes"] == 2 and bundle.meta["best_epoch"] >= 1
 
