@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py                       # 5 seeds, every variant, 2 workers
     .venv/bin/python benchmarks/quality.py --seeds 3 --variants divspa,wo_all
+    .venv/bin/python benchmarks/quality.py --archs youtubednn,fm,deepfm,autoint   # Table 1's shape
 
 Per seed: the pipeline up to `augment` (teacher trained with that seed), then one student per
 variant, all evaluated by the same exact top-K code on the chronological test split. Prints
@@ -244,6 +245,33 @@ def report(by_seed: dict[int, dict[str, dict[str, float]]], variants: list[str],
         print(f"\nbase / popularity HR@50: {np.mean(ratio):.2f}x (min {min(ratio):.2f}x over seeds)")
 
 
+# The paper's Table 1 (Video), for the ordering of the bases: HR@50/100/200, NDCG@50/100/200.
+PAPER_TABLE1 = {"fm": [0.2059, 0.2890, 0.3778, 0.1050, 0.1207, 0.1617],
+                "youtubednn": [0.2204, 0.3018, 0.3926, 0.1109, 0.1236, 0.1671],
+                "autoint": [0.2168, 0.3037, 0.3920, 0.1143, 0.1251, 0.1671],
+                "deepfm": [0.2238, 0.3041, 0.3951, 0.1122, 0.1243, 0.1655],
+                "divspa (youtubednn)": [0.2304, 0.3114, 0.4035, 0.1181, 0.1310, 0.1735]}
+
+
+def arch_table(by_arch: dict[str, dict[int, dict[str, dict[str, float]]]], conf: str, elapsed: float) -> None:
+    """Table 1's shape: each base and DivSPA on that base; p = paired t-test against that base."""
+    print(f"\n# Table 1 shape: {conf}, {elapsed:.0f}s; mean +- std over seeds; p vs the same arch's base")
+    print(f"{'model':<22}" + "".join(f"{k:>25}" for k in ACC) + f"{'distinct@100':>16}")
+    for arch, by_seed in by_arch.items():
+        seeds = sorted(by_seed)
+        for model, label in (("base", arch), ("divspa", f"DivSPA ({arch})")):
+            cells = []
+            for k in [*ACC, "distinct@100"]:
+                vals = [by_seed[s][model][k] for s in seeds]
+                mean, std = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                p = f" p={paired_t_p(vals, [by_seed[s]['base'][k] for s in seeds]):.3f}" if model != "base" else ""
+                cells.append(f"{f'{mean:.4f}+-{std:.4f}' + p:>25}" if k != "distinct@100" else f"{mean:>16.0f}")
+            print(f"{label:<22}" + "".join(cells))
+    print("\npaper, Table 1 (Video):")
+    for label, vals in PAPER_TABLE1.items():
+        print(f"{label:<22}" + "".join(f"{v:>25.4f}" for v in vals))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--conf", default="conf/ml100k.yaml")
@@ -259,6 +287,8 @@ def main() -> None:
                     help="the sparse regime's cap (paper's Video: 2.2 clicks a user on average)")
     ap.add_argument("--report-from", default="", help="print the tables of an earlier run's --results file")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--archs", default="", help="comma-separated model.arch values: base and DivSPA of each "
+                    "(--variants defaults to divspa), reported in the shape of the paper's Table 1")
     args = ap.parse_args()
     if args.regime == "sparse" and not args.tasks:  # workers get these as --set already
         args.overrides = ["split.mode=per_user", f"split.max_train_clicks={args.max_train_clicks}", *args.overrides]
@@ -268,6 +298,21 @@ def main() -> None:
         ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     seeds = list(range(1, args.seeds + 1))
     started = time.perf_counter()
+    if args.archs and args.report_from:
+        arch_table(json.loads(Path(args.report_from).read_text()), " ".join([args.conf, *args.overrides]), 0.0)
+        return
+    if args.archs and not args.tasks:
+        by_arch, out = {}, args.out
+        for arch in args.archs.split(","):
+            arch_args = copy.copy(args)
+            arch_args.out, arch_args.overrides = str(Path(out) / arch), [*args.overrides, f"model.arch={arch}"]
+            by_arch[arch] = run_workers(arch_args, seeds, ["divspa"]) if args.jobs > 1 else \
+                {seed: run_seed(arch_args, seed, ["divspa"], None, started)[0] for seed in seeds}
+            print(f"{arch}: done [{time.perf_counter() - started:.0f}s]", flush=True)
+        if args.results:
+            Path(args.results).write_text(json.dumps(by_arch))
+        arch_table(by_arch, " ".join([args.conf, *args.overrides]), time.perf_counter() - started)
+        return
     if args.report_from:  # tables and frontier again from a run's --results file, no training
         by_seed = {int(k): v for k, v in json.loads(Path(args.report_from).read_text()).items()}
         report(by_seed, variants, " ".join([args.conf, *args.overrides]), 0.0, str(Path(args.out) / "frontier.html"))

@@ -114,10 +114,10 @@ def _print_summary(ctx: RunContext, stats: dict) -> None:
     for stage in STAGES:
         info = stats.get(stage.name)
         if info is None:
-            print(f"  {stage.name:<12} skipped (already committed for this run)")
+            print(f"  {stage.name:<14} skipped (already committed for this run)")
         else:
             figures = ", ".join(f"{k}={v}" for k, v in info.items() if k != "wall_s" and not isinstance(v, dict))
-            print(f"  {stage.name:<12} {info['wall_s']:>7.1f}s  {figures}")
+            print(f"  {stage.name:<14} {info['wall_s']:>7.1f}s  {figures}")
     print(f"  logs and resolved configs: {ctx.cfg.run_dir}")
     _print_comparison(ctx)
 

@@ -140,8 +140,11 @@ class SplitConfig:
 
 @dataclass
 class ModelConfig:
-    """YoutubeDNN two-tower shape (paper: embedding size 32 for all features)."""
+    """The two-tower base's shape (paper: embedding size 32 for all features)."""
 
+    # youtubednn: the paper's backbone. fm / deepfm / autoint: its Table 1 competitors as two-tower
+    # models (divspa.models.archs); any of them can be the teacher and the student.
+    arch: Literal["youtubednn", "fm", "deepfm", "autoint"] = "youtubednn"
     embedding_dim: int = _opt(32, ge=1)  # size of every feature/id embedding
     output_dim: int = _opt(32, ge=1)  # size of u and v
     hidden_dims: list[int] = _opt([64])
@@ -149,6 +152,8 @@ class ModelConfig:
     max_user_tokens: int = _opt(16, ge=1)
     max_item_tokens: int = _opt(16, ge=1)
     omega: float = _opt(10.0, gt=0)  # inverse temperature of the logits omega * u.v
+    attention_heads: int = _opt(2, ge=1)  # autoint: heads per self-attention layer (divides embedding_dim)
+    attention_layers: int = _opt(2, ge=1)  # autoint: interacting layers
 
 
 @dataclass
@@ -346,6 +351,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                           f"exceeds retrieve.k = {cfg.retrieve.k}: u2i would run out of retrieved candidates")
     if cfg.augment.m > cfg.augment.k:
         raise ConfigError(f"{source}: augment.m = {cfg.augment.m} exceeds augment.k = {cfg.augment.k}")
+    if cfg.model.arch == "autoint" and cfg.model.embedding_dim % cfg.model.attention_heads:
+        raise ConfigError(f"{source}: model.embedding_dim = {cfg.model.embedding_dim} is not divisible by "
+                          f"model.attention_heads = {cfg.model.attention_heads}")
     if cfg.split.mode == "per_user" and cfg.split.cut_time:
         raise ConfigError(f"{source}: split.cut_time sets a global cut; it has no meaning with split.mode = per_user")
     return cfg

@@ -12,6 +12,7 @@ from divspa.stages import (
     augment,
     evaluate,
     export,
+    export_student,
     ingest,
     prepare,
     retrieve,
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 STAGES: tuple[Stage, ...] = (
     ingest.STAGE, split.STAGE, prepare.STAGE, train_base.STAGE, export.STAGE, retrieve.STAGE, augment.STAGE,
-    train_divspa.STAGE, evaluate.STAGE,
+    train_divspa.STAGE, export_student.STAGE, evaluate.STAGE,
 )
 BY_NAME = {s.name: s for s in STAGES}
 

@@ -165,6 +165,15 @@ def write_report(ctx: RunContext) -> Path:
             [[mod, *[_fmt(tget.get((mod, met))) for met in ("val_hr", "best_epoch", "epochs_run", "examples_per_s",
                                                             "train_wall_s")]] for mod in tmodels]))
 
+    held = []
+    for table in ("user_embeddings", "item_embeddings", "neighbours", "augmented_positives"):
+        counts = ctx.read(table).groupBy("model_version").count().collect() if ctx.warehouse.exists(table) else []
+        held += [[table, r["model_version"], _fmt(float(r["count"]))] for r in sorted(counts, key=lambda r: r[0])]
+    if held:
+        sections.append("<h2>Model versions in this run's tables</h2><p>The final student's vectors and i2i lists "
+                        "are the run's product (stage export_student).</p>" + _table(["table", "model_version", "rows"],
+                                                                                     held))
+
     cfg = ctx.cfg
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>divspa run {html.escape(ctx.run_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
@@ -172,7 +181,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th
 svg{{margin:0.5em 1em 0.5em 0}}</style></head><body>
 <h1>divspa run {html.escape(ctx.run_id)}</h1>
 <p>Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from the run's Delta tables under
-<code>{html.escape(ctx.warehouse.root)}</code>. Source: {html.escape(cfg.source.format)}; sampler
+<code>{html.escape(ctx.warehouse.root)}</code>. Source: {html.escape(cfg.source.format)}; base model
+{html.escape(cfg.model.arch)}; sampler
 {html.escape(cfg.augment.sampler)}, k={cfg.augment.k}, m={cfg.augment.m}, beta={cfg.divspa.beta},
 mix-up in {html.escape(cfg.divspa.mixup)} space, strategies {html.escape(", ".join(cfg.augment.strategies) or "none")}.</p>
 {"".join(sections)}

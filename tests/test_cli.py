@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from divspa.cli import main
@@ -39,13 +40,30 @@ def test_full_pipeline_is_resumable_and_idempotent(spark, tmp_path, capsys):
     assert main(["run", *args(tmp_path)]) == 0
     first = versions(spark, tmp_path)
     assert set(first) == ALL_TABLES
-    assert all(first[t] == v for t, v in partial.items() if t != "metrics")  # done stages were not redone
+    # Done stages were not redone; export_student added the student's rows to three of their tables.
+    student_tables = {"user_embeddings", "item_embeddings", "neighbours"}
+    assert all(first[t] == v + (t in student_tables) for t, v in partial.items() if t != "metrics")
     out = capsys.readouterr().out
     assert "train_divspa" in out and "divspa-1" in out and "base" in out and "popularity" in out
     assert "report:" in out and (tmp_path / "runs" / "r1" / "report.html").is_file()
     page = (tmp_path / "runs" / "r1" / "report.html").read_text()
     frontier = page[page.index("Accuracy vs diversity"):]
     assert all(f"<title>{m}: " in frontier for m in ("popularity", "base", "divspa-1"))
+    # The run's product: the final student's vectors and i2i lists, beside the teacher's, for delta-rs readers.
+    held = page[page.index("Model versions in this run's tables"):]
+    assert "<td>item_embeddings</td><td>divspa-1</td>" in held and "<td>neighbours</td><td>divspa-1</td>" in held
+    from deltalake import DeltaTable
+
+    def by_version(table: str) -> dict[str, int]:
+        t = DeltaTable(str(tmp_path / "warehouse" / table)).to_pyarrow_table(columns=["model_version"])
+        return {str(v): n for v, n in zip(*np.unique(t.column("model_version").to_numpy(zero_copy_only=False),
+                                                      return_counts=True), strict=True)}
+
+    assert by_version("user_embeddings")["divspa-1"] == by_version("user_embeddings")["base"] > 0
+    assert by_version("item_embeddings")["divspa-1"] == by_version("item_embeddings")["base"] > 0
+    student_lists = DeltaTable(str(tmp_path / "warehouse" / "neighbours")).to_pyarrow_table(
+        filters=[("model_version", "=", "divspa-1")], columns=["strategy"])
+    assert student_lists.num_rows > 0 and set(student_lists.column("strategy").to_pylist()) == {"i2i"}
 
     # Same run id again: every stage is skipped and no table gets a new version.
     assert main(["run", *args(tmp_path)]) == 0
@@ -85,6 +103,9 @@ def test_full_pipeline_is_resumable_and_idempotent(spark, tmp_path, capsys):
     assert main(["sql", query, *args(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "i2i" in out and "u2u2i" in out and "(3 rows)" in out
+    assert main(["sql", "SELECT DISTINCT model_version, strategy FROM neighbours WHERE model_version = 'divspa-1'",
+                 *args(tmp_path)]) == 0
+    assert "divspa-1" in (out := capsys.readouterr().out) and "i2i" in out and "(1 rows)" in out
     assert main(["sql", "SELECT nope FROM clicks", *args(tmp_path)]) == 1
     assert "SQL error" in capsys.readouterr().err
 

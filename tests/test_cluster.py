@@ -99,7 +99,7 @@ def cluster_out(teacher_snapshot, tmp_path_factory) -> Path:
 
 
 def submit(cluster: StandaloneCluster, package: Path, job: str, out: Path, log: Path,
-           ui_port: int | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+           ui_port: int | None = None, extra: tuple[str, ...] = (), args: tuple[str, ...] = ()) -> subprocess.Popen:
     """spark-submit jobs/<job>.py to the cluster, as docs/CLUSTER.md says, logging to `log`."""
     python = sys.executable
     cmd = [str(spark_home() / "bin" / "spark-submit"), "--master", cluster.url,
@@ -110,7 +110,8 @@ def submit(cluster: StandaloneCluster, package: Path, job: str, out: Path, log: 
            "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.memoryOverhead=512m",
            "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.driver.bindAddress=127.0.0.1",
            "--conf", f"spark.ui.port={ui_port or free_port()}", "--conf", "spark.ui.enabled=true",
-           str(REPO / "jobs" / f"{job}.py"), "--conf", str(REPO / "conf" / "default.yaml"), "--force"]
+           str(REPO / "jobs" / f"{job}.py"), "--conf", str(REPO / "conf" / "default.yaml"), "--force",
+           *args]
     for item in [*_overrides(out), *extra]:
         cmd += ["--set", item]
     env = dict(os.environ, SPARK_HOME=str(spark_home()), SPARK_LOCAL_IP="127.0.0.1")
@@ -146,11 +147,11 @@ def test_py_files_zip_is_self_contained(package, tmp_path):
 
 
 def test_cluster_run_equals_local_run(spark, cluster, package, cluster_out, local_reference, tmp_path):
-    for job in ("retrieve", "augment"):
-        log = tmp_path / f"{job}.log"
-        wait_ok(submit(cluster, package, job, cluster_out, log), log)
-        assert f"master={cluster.url}" in log.read_text()
-        assert ("delta native" if find_jars() else "delta embedded") in log.read_text()
+    log = tmp_path / "pipeline.log"  # one application for both stages, as a scheduled pipeline runs them
+    wait_ok(submit(cluster, package, "pipeline", cluster_out, log, args=("--stages", "retrieve,augment")), log)
+    text = log.read_text()
+    assert f"master={cluster.url}" in text and "stage retrieve: done" in text and "stage augment: done" in text
+    assert ("delta native" if find_jars() else "delta embedded") in text
     assert cluster.state()["completedapps"], "the jobs did not run on the standalone master"
     _assert_same(_tables(cluster_out, spark), local_reference)
 
@@ -229,7 +230,8 @@ def test_training_on_executors(spark, package, teacher_snapshot, tmp_path):
                             port=free_port(), webui_port=free_port()).start()
     try:
         wait_ok(submit(own, package, "train_base", out, log,
-                       extra=("train.processes=2", "train.distributor=cluster", "train.num_threads=1")), log)
+                       extra=("train.processes=2", "train.distributor=cluster", "train.num_threads=1",
+                              "train.epochs=1")), log)
     finally:
         own.stop()
     text = log.read_text()

@@ -39,7 +39,8 @@ class ModelBundle:
 
 def build_model(mcfg: ModelConfig, vocab: Vocab, item_tokens: torch.Tensor) -> TwoTower:
     return TwoTower(vocab.num_items, len(vocab.user_tokens), len(vocab.item_tokens), item_tokens,
-                    emb_dim=mcfg.embedding_dim, hidden=mcfg.hidden_dims, out_dim=mcfg.output_dim, omega=mcfg.omega)
+                    emb_dim=mcfg.embedding_dim, hidden=mcfg.hidden_dims, out_dim=mcfg.output_dim, omega=mcfg.omega,
+                    arch=mcfg.arch, heads=mcfg.attention_heads, layers=mcfg.attention_layers)
 
 
 def save_checkpoint(path: str, bundle: ModelBundle) -> None:

@@ -1,4 +1,5 @@
-"""The YoutubeDNN two-tower base model (paper §3.1; Covington et al. 2016).
+"""The two-tower base models: YoutubeDNN (paper §3.1; Covington et al. 2016), the default, and
+FM, DeepFM and AutoInt (divspa.models.archs), chosen by `model.arch`.
 
 User tower: mean of the user's feature-token embeddings and mean of the embeddings of their
 recent clicked items (history strictly before the predicted event), concatenated, through an
@@ -6,40 +7,23 @@ MLP to u. Item tower: item id embedding and mean item feature-token embedding, t
 to v. Both outputs are L2-normalised, so u.v is the cosine s(u, v) the retrieval and the
 self-distillation use, and omega * u.v are the training logits.
 
-`TwoTower` is the interface other bases (FM, DeepFM, AutoInt) would implement: user vectors
-from a `UserInputs` batch, item vectors from item indices.
+`TwoTower` is the one model everything else sees, whatever the arch: user vectors from a
+`UserInputs` batch, item vectors from item indices, logits omega * u.v. The trainer, the loss,
+export, retrieval and augmentation have no branch per arch.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from divspa.models.archs import FieldItemTower, FieldUserTower
+from divspa.models.layers import UserInputs, masked_mean, mlp
 
-@dataclass
-class UserInputs:
-    tokens: torch.Tensor  # [B, T] user feature token indices, 0 = padding
-    history: torch.Tensor  # [B, L] item indices of recent clicks, 0 = padding
+__all__ = ["ARCHS", "TwoTower", "UserInputs"]
 
-    def to(self, device: torch.device) -> UserInputs:
-        return UserInputs(self.tokens.to(device), self.history.to(device))
-
-
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-def _masked_mean(emb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    mask = (idx > 0).unsqueeze(-1).to(emb.dtype)
-    return (emb * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+ARCHS = ("youtubednn", "fm", "deepfm", "autoint")
 
 
 class UserTower(nn.Module):
@@ -47,11 +31,11 @@ class UserTower(nn.Module):
         super().__init__()
         self.tokens = nn.Embedding(num_tokens + 1, emb_dim, padding_idx=0)
         self.history = nn.Embedding(num_items + 1, emb_dim, padding_idx=0)
-        self.mlp = _mlp([2 * emb_dim, *hidden, out_dim])
+        self.mlp = mlp([2 * emb_dim, *hidden, out_dim])
 
     def forward(self, x: UserInputs) -> torch.Tensor:
-        feats = _masked_mean(self.tokens(x.tokens), x.tokens)
-        hist = _masked_mean(self.history(x.history), x.history)
+        feats = masked_mean(self.tokens(x.tokens), x.tokens)
+        hist = masked_mean(self.history(x.history), x.history)
         return F.normalize(self.mlp(torch.cat([feats, hist], dim=-1)), dim=-1)
 
 
@@ -62,25 +46,36 @@ class ItemTower(nn.Module):
         self.ids = nn.Embedding(num_items + 1, emb_dim, padding_idx=0)
         self.tokens = nn.Embedding(num_tokens + 1, emb_dim, padding_idx=0)
         self.register_buffer("item_tokens", item_tokens)  # [num_items + 1, T] feature tokens per item
-        self.mlp = _mlp([2 * emb_dim, *hidden, out_dim])
+        self.mlp = mlp([2 * emb_dim, *hidden, out_dim])
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         toks = self.item_tokens[items]
-        feats = _masked_mean(self.tokens(toks), toks)
+        feats = masked_mean(self.tokens(toks), toks)
         return F.normalize(self.mlp(torch.cat([self.ids(items), feats], dim=-1)), dim=-1)
 
 
 class TwoTower(nn.Module):
-    """YoutubeDNN: s(u, v) = u.v with unit-norm towers; logits omega * u.v."""
+    """s(u, v) = u.v with unit-norm towers; logits omega * u.v."""
 
     def __init__(self, num_items: int, num_user_tokens: int, num_item_tokens: int, item_tokens: torch.Tensor,
-                 emb_dim: int = 32, hidden: list[int] | None = None, out_dim: int = 32, omega: float = 10.0) -> None:
+                 emb_dim: int = 32, hidden: list[int] | None = None, out_dim: int = 32, omega: float = 10.0,
+                 arch: str = "youtubednn", heads: int = 2, layers: int = 2) -> None:
         super().__init__()
         hidden = list(hidden or [])
         self.num_items = num_items
         self.omega = omega
-        self.user_tower = UserTower(num_items, num_user_tokens, emb_dim, hidden, out_dim)
-        self.item_tower = ItemTower(num_items, num_item_tokens, item_tokens, emb_dim, hidden, out_dim)
+        self.arch = arch
+        self.user_tower: nn.Module
+        self.item_tower: nn.Module
+        if arch == "youtubednn":
+            self.user_tower = UserTower(num_items, num_user_tokens, emb_dim, hidden, out_dim)
+            self.item_tower = ItemTower(num_items, num_item_tokens, item_tokens, emb_dim, hidden, out_dim)
+        elif arch in ARCHS:
+            self.user_tower = FieldUserTower(arch, num_items, num_user_tokens, emb_dim, hidden, out_dim, heads, layers)
+            self.item_tower = FieldItemTower(arch, num_items, num_item_tokens, item_tokens, emb_dim, hidden, out_dim,
+                                             heads, layers)
+        else:
+            raise ValueError(f"unknown model.arch {arch!r}; archs are {', '.join(ARCHS)}")
 
     def user_vectors(self, x: UserInputs) -> torch.Tensor:
         return self.user_tower(x)

@@ -31,10 +31,8 @@ def embeddings(ctx: RunContext, table: str, id_col: str, version: str) -> DataFr
     return df.select(F.col(id_col).alias("id"), "vector")
 
 
-def neighbours(ctx: RunContext, version: str, scratch: str) -> DataFrame:
+def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str]) -> DataFrame:
     rcfg, seed = ctx.cfg.retrieve, ctx.cfg.run.seed
-    needed = {"u2i": "u2i", "i2i": "i2i", "u2u2i": "u2u"}
-    strategies = {needed[s] for s in ctx.cfg.augment.strategies}
     users = embeddings(ctx, "user_embeddings", "user_id", version)
     items = embeddings(ctx, "item_embeddings", "item_id", version)
     parts: list[DataFrame] = []
@@ -65,10 +63,18 @@ def neighbours(ctx: RunContext, version: str, scratch: str) -> DataFrame:
                       F.lit(version).alias("model_version"), F.lit(ctx.run_id).alias("run_id"))
 
 
-def retrieve(ctx: RunContext, stage: str, version: str) -> dict[str, Any]:
+def needed_lists(augment_strategies: list[str]) -> set[str]:
+    """The neighbour lists augmentation needs: u2u2i is built from u2u."""
+    return {{"u2i": "u2i", "i2i": "i2i", "u2u2i": "u2u"}[s] for s in augment_strategies}
+
+
+def retrieve(ctx: RunContext, stage: str, version: str, strategies: set[str] | None = None) -> dict[str, Any]:
+    """`version`'s neighbour lists into `neighbours` (default: those augment.strategies needs)."""
+    wanted = needed_lists(ctx.cfg.augment.strategies) if strategies is None else strategies
     scratch = storage.join(ctx.cfg.output_dir, "scratch", ctx.run_id, f"{stage}-{uuid.uuid4().hex[:8]}")
     try:
-        result = ctx.write(stage, "neighbours", neighbours(ctx, version, scratch), partition={"model_version": version},
+        result = ctx.write(stage, "neighbours", neighbours(ctx, version, scratch, wanted),
+                           partition={"model_version": version},
                            metadata={"divspa.model": version})
     finally:
         storage.settings().delete_dir(scratch)

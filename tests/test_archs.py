@@ -1,0 +1,130 @@
+"""model.arch: FM, DeepFM and AutoInt two-tower bases beside YoutubeDNN, and DivSPA on each."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from divspa.config import ConfigError, load_config
+from divspa.models.checkpoint import load_checkpoint
+from divspa.models.towers import ARCHS, TwoTower, UserInputs
+from divspa.models.trainer import user_vectors_for
+from divspa.pipeline import BY_NAME, STAGES, run_pipeline
+from divspa.runtime import RunContext
+from divspa.stages.train_base import BASE_VERSION, checkpoint_path
+from divspa.stages.train_divspa import final_version
+from tests.conftest import REPO, rerun
+
+EMB, OUT = 8, 6
+SIZES = {"youtubednn": OUT, "fm": EMB + 2, "deepfm": EMB + 2 + OUT, "autoint": OUT}
+
+
+def _model(arch: str) -> TwoTower:
+    torch.manual_seed(0)
+    item_tokens = torch.randint(0, 6, (11, 3))
+    item_tokens[0] = 0
+    return TwoTower(10, 8, 5, item_tokens, emb_dim=EMB, hidden=[16], out_dim=OUT, arch=arch)
+
+
+USERS = UserInputs(torch.tensor([[1, 2, 0], [3, 0, 0], [0, 0, 0]]), torch.tensor([[3, 4, 0], [0, 0, 0], [0, 0, 0]]))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_towers_give_unit_vectors_of_the_documented_size_and_ignore_padding(arch):
+    model = _model(arch)
+    with torch.no_grad():
+        u, v = model.user_vectors(USERS), model.item_vectors()
+        padded = UserInputs(torch.nn.functional.pad(USERS.tokens, (0, 4)), torch.nn.functional.pad(USERS.history, (2, 0)))
+        u_padded = model.user_vectors(padded)
+    assert u.shape == (3, SIZES[arch]) and v.shape == (10, SIZES[arch])
+    assert torch.allclose(u.norm(dim=-1), torch.ones(3)) and torch.allclose(v.norm(dim=-1), torch.ones(10))
+    assert torch.isfinite(u).all()  # the third user has neither features nor history
+    assert torch.allclose(u, u_padded, atol=1e-6)
+    assert not torch.allclose(u[0], u[1])
+
+
+def test_fm_towers_split_fms_score_exactly():
+    """u.v before normalisation is FM's score over the union of both sides' fields (Rendle 2010)."""
+    model = _model("fm")
+    items = torch.arange(1, 11)
+    with torch.no_grad():
+        ue, um, ul = model.user_tower.fields(USERS)
+        ie, im, il = model.item_tower.fields(items)
+        raw = model.user_tower.head(ue, um, ul) @ model.item_tower.head(ie, im, il).T
+        for b in range(3):
+            for j in range(10):
+                e = torch.cat([ue[b][um[b]], ie[j][im[j]]])
+                fm = 0.5 * (e.sum(0).pow(2).sum() - e.pow(2).sum()) + ul[b] + il[j]
+                assert float(raw[b, j]) == pytest.approx(float(fm), rel=1e-5, abs=1e-6)
+
+
+def test_every_arch_trains_the_same_objective():
+    """One sampled-softmax step lowers the loss for each arch: the trainer needs no branch per arch."""
+    from divspa.models.loss import sampled_softmax_loss
+
+    for arch in ARCHS:
+        model = _model(arch)
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        pos, neg = torch.tensor([1, 2, 3]), torch.arange(1, 11)
+        losses = []
+        for _ in range(5):
+            loss = sampled_softmax_loss(model.user_vectors(USERS), model.item_vectors(pos), model.item_vectors(neg),
+                                        pos, neg, model.omega).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < losses[0], arch
+
+
+def test_autoint_heads_must_divide_the_embedding(tmp_path):
+    with pytest.raises(ConfigError, match="attention_heads"):
+        load_config(REPO / "conf" / "default.yaml", ["model.arch=autoint", "model.embedding_dim=30",
+                                                      "model.attention_heads=4"])
+
+
+def _assert_export_matches(ctx: RunContext, version: str) -> None:
+    bundle = load_checkpoint(checkpoint_path(ctx, version))
+    hist = ctx.warehouse.dataset("user_histories").to_table(filter=pc.field("run_id") == ctx.run_id)
+    expected = dict(zip(hist.column("user_id").to_pylist(), user_vectors_for(bundle, hist), strict=True))
+    rows = ctx.read("user_embeddings").where(f"model_version = '{version}'").collect()
+    assert {r["user_id"] for r in rows} == set(expected)
+    assert max(float(np.abs(np.array(r["vector"]) - expected[r["user_id"]]).max()) for r in rows) <= 1e-5
+    with torch.no_grad():
+        item_vecs = bundle.model.item_vectors().numpy()
+    rows = ctx.read("item_embeddings").where(f"model_version = '{version}'").collect()
+    assert len(rows) == bundle.vocab.num_items
+    idx = bundle.vocab.item_index(np.array([r["item_id"] for r in rows]))
+    assert max(float(np.abs(np.array(r["vector"]) - item_vecs[j - 1]).max()) for r, j in zip(rows, idx, strict=True)) \
+        <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["fm", "deepfm", "autoint"])
+def test_divspa_pipeline_on_each_arch(spark, trained, tmp_path, arch):
+    """Teacher, export, retrieve, augment, student, the student's export and evaluation with `arch`,
+    on a copy of the suite's small run (its ingest, split and prepare are arch-independent)."""
+    out = tmp_path / "out"
+    shutil.copytree(trained.cfg.run.output_dir, out)
+    cfg = copy.deepcopy(trained.cfg)
+    cfg.run.output_dir, cfg.model.arch, cfg.train.epochs = str(out), arch, 1
+    ctx = RunContext.start(cfg, "test", spark=spark, force=True)
+    run_pipeline(ctx, [s.name for s in STAGES[STAGES.index(BY_NAME["train_base"]):]])
+    final = final_version(ctx)
+    for version in (BASE_VERSION, final):
+        assert load_checkpoint(checkpoint_path(ctx, version)).mcfg.arch == arch
+        _assert_export_matches(ctx, version)  # Spark's vectors are the trained model's, teacher and student
+    got = {(r["model"], r["metric"]) for r in ctx.read("metrics").where("stage = 'evaluate'").collect()}
+    assert {(BASE_VERSION, "hr"), (final, "hr"), ("popularity", "hr")} <= got
+
+    def figures() -> set[tuple]:
+        return {(r["metric"], r["value"]) for r in ctx.read("metrics").where(
+            "stage = 'train_base' and metric in ('val_hr', 'train_loss')").collect()}
+
+    first = figures()
+    rerun(ctx, "train_base")
+    assert figures() == first and len(first) == 2  # reproducible training
