@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from divspa import __version__, storage
 from divspa.config import Config, ConfigError, load_config
-from divspa.delta import DeltaWriteError
+from divspa.delta import DeltaWriteError, Warehouse
 from divspa.pipeline import BY_NAME, STAGES, run_pipeline, run_stage
 from divspa.runtime import RunContext, StageError, close_log, setup_logging
 from divspa.schemas import SchemaError
@@ -165,7 +165,13 @@ def _inspect(args: argparse.Namespace, cfg: Config) -> int:
     from divspa.runtime import connect
 
     setup_logging("WARNING")
-    _, wh = connect(cfg)
+    if args.command == "sql":
+        _, wh = connect(cfg)
+        return _sql(wh, args.query, args.limit)
+    # tables and history read the Delta logs with delta-rs: no JVM. Object-store settings come
+    # from the config's spark.conf (spark.hadoop.fs.s3a.*) and AWS_* variables, as for a run.
+    storage.configure(dict(cfg.spark.conf), cfg.run.storage_options)
+    wh = Warehouse(None, cfg.warehouse)
     if args.command == "tables":
         names = wh.tables()
         if not names:
@@ -176,8 +182,6 @@ def _inspect(args: argparse.Namespace, cfg: Config) -> int:
             last = wh.history(name, 1)[0]
             print(f"{name:<22} {wh.version(name):>7} {wh.row_count(name):>12,}  {_ts(last)} {last.get('operation')}")
         return 0
-    if args.command == "sql":
-        return _sql(wh, args.query, args.limit)
     if not wh.exists(args.table):
         print(f"divspa: no table {args.table!r} under {wh.root} (have: {', '.join(wh.tables()) or 'none'})",
               file=sys.stderr)

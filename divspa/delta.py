@@ -86,11 +86,14 @@ class WriteResult:
 class Warehouse:
     """A directory (or object-store prefix) of Delta tables, one per name in `schemas/`."""
 
-    def __init__(self, spark: SparkSession, root: str, native: bool | None = None,
+    def __init__(self, spark: SparkSession | None, root: str, native: bool | None = None,
                  settings: storage.StorageSettings | None = None) -> None:
-        self.spark = spark
+        """Without a session (`spark=None`) only the log-level methods work: exists, tables,
+        version, committed, history, row_count, dataset. They are all delta-rs, so metadata
+        commands answer without starting a JVM."""
+        self.spark = spark  # type: ignore[assignment]
         self.root = storage.resolve(root)
-        available = delta_spark_available(spark)
+        available = spark is not None and delta_spark_available(spark)
         if native and not available:
             raise DeltaWriteError("native Delta was asked for, but this Spark session has no delta-spark "
                                   "(jars and spark.sql.extensions): run ./dev.sh setup, or pass --jars/--packages")

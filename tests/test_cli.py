@@ -117,6 +117,32 @@ def test_bad_config_exits_2_with_the_key(tmp_path, capsys):
     assert "unknown stage 'trian'" in capsys.readouterr().err
 
 
+_NO_JVM_NO_TORCH = """
+import sys
+from pyspark import SparkContext
+from divspa.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as exc:  # --help
+    rc = exc.code
+assert SparkContext._gateway is None, "a JVM was started"
+assert not {"torch", "faiss"} & set(sys.modules), "torch or faiss was imported"
+sys.exit(rc)
+"""
+
+
+def test_metadata_commands_need_no_jvm_and_no_torch(trained):
+    """--help, tables and history answer from the Delta logs (delta-rs) in a second or two."""
+    where = ["--conf", "conf/default.yaml", "--run-id", "b1", "--set", f"run.output_dir={trained.cfg.run.output_dir}"]
+    for argv, expect in ((["tables", *where], "train_examples"), (["history", "clicks", *where], "divspa.stage"),
+                         (["--help"], "export_student")):
+        res = subprocess.run([sys.executable, "-c", _NO_JVM_NO_TORCH, *argv], capture_output=True, text=True)
+        assert res.returncode == 0 and expect in res.stdout, res.stdout + res.stderr
+    res = subprocess.run([sys.executable, "-c", _NO_JVM_NO_TORCH, "history", "nope", *where], capture_output=True,
+                         text=True)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "no table 'nope'" in res.stderr
+
+
 def test_job_entry_point_is_thin_and_works():
     out = subprocess.run([sys.executable, "jobs/ingest.py", "--help"], capture_output=True, text=True, check=True)
     assert "--conf" in out.stdout

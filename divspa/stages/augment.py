@@ -16,7 +16,6 @@ from pyspark.sql import functions as F
 from divspa.augment import candidates, excluded_clicks, sample
 from divspa.runtime import RunContext
 from divspa.spark import session_conf
-from divspa.stages import Stage
 from divspa.stages.retrieve import embeddings
 from divspa.stages.train_base import BASE_VERSION
 
@@ -95,6 +94,3 @@ def augment(ctx: RunContext, stage: str, version: str) -> dict[str, Any]:
 
 def run(ctx: RunContext) -> dict[str, Any]:
     return augment(ctx, NAME, BASE_VERSION)
-
-
-STAGE = Stage(NAME, ("augmented_positives",), run, "re-score and sample weighted augmented positives")

@@ -25,7 +25,6 @@ from divspa.models.evaluate import (
 from divspa.reader import stream_tables
 from divspa.report import write_report
 from divspa.runtime import RunContext
-from divspa.stages import Stage
 from divspa.stages.train_base import BASE_VERSION, checkpoint_path
 from divspa.stages.train_divspa import student_version
 
@@ -63,6 +62,3 @@ def run(ctx: RunContext) -> dict[str, Any]:
     ctx.write_metrics(NAME, rows)
     report = write_report(ctx)
     return {"report": str(report), **summary}
-
-
-STAGE = Stage(NAME, ("metrics",), run, "HR/NDCG@K and diversity of every model; HTML report")

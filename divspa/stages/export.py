@@ -24,7 +24,6 @@ from divspa import storage
 from divspa.models.checkpoint import ModelBundle, load_checkpoint
 from divspa.models.trainer import user_vectors_for
 from divspa.runtime import RunContext
-from divspa.stages import Stage
 from divspa.stages.train_base import BASE_VERSION, checkpoint_path
 
 NAME = "export"
@@ -95,6 +94,3 @@ def export_model(ctx: RunContext, stage: str, version: str) -> dict[str, Any]:
 
 def run(ctx: RunContext) -> dict[str, Any]:
     return export_model(ctx, NAME, BASE_VERSION)
-
-
-STAGE = Stage(NAME, ("user_embeddings", "item_embeddings"), run, "export the teacher's user and item vectors")

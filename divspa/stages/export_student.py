@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from divspa.runtime import RunContext
-from divspa.stages import Stage
 from divspa.stages.export import export_model
 from divspa.stages.retrieve import retrieve
 from divspa.stages.train_divspa import final_version
@@ -25,7 +24,3 @@ def run(ctx: RunContext) -> dict[str, Any]:
     vectors = export_model(ctx, NAME, version)
     lists = retrieve(ctx, NAME, version, strategies={"i2i"})
     return {**vectors, "i2i_rows": lists.get("i2i_rows", 0)}
-
-
-STAGE = Stage(NAME, ("user_embeddings", "item_embeddings", "neighbours"), run,
-              "export the final student's user/item vectors and its i2i neighbours (the run's product)")

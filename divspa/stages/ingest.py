@@ -12,7 +12,6 @@ from pyspark.sql import functions as F
 from divspa.ingest.sources import read_source
 from divspa.ingest.validate import TooManyBadRows, validate
 from divspa.runtime import RunContext
-from divspa.stages import Stage
 
 log = logging.getLogger(__name__)
 NAME = "ingest"
@@ -62,7 +61,3 @@ def run(ctx: RunContext) -> dict[str, Any]:
     items = ctx.write(NAME, "item_features", _features(source.item_features, "item_id", ctx))
     return {"rows_read": checked.total, "clicks": clicks.rows, "quarantined": checked.bad,
             "quarantine_by_reason": checked.bad_by_reason, "user_features": users.rows, "item_features": items.rows}
-
-
-STAGE = Stage(NAME, ("clicks", "clicks_quarantine", "user_features", "item_features"), run,
-              "read and validate the click log into Delta")

@@ -18,7 +18,6 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from divspa.runtime import RunContext
-from divspa.stages import Stage
 
 NAME = "prepare"
 
@@ -90,6 +89,3 @@ def run(ctx: RunContext) -> dict[str, Any]:
     hist = ctx.write(NAME, "user_histories",
                      user_histories(train, test, features, mcfg.history_len).select("*", run_id))
     return {"train_examples": ex.rows, "users": hist.rows}
-
-
-STAGE = Stage(NAME, ("train_examples", "user_histories"), run, "build training examples and user histories")

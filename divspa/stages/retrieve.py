@@ -19,7 +19,6 @@ from divspa.augment import excluded_clicks
 from divspa.retrieval.spark_knn import knn, prepare_corpus
 from divspa.runtime import RunContext
 from divspa.schemas import load_schema
-from divspa.stages import Stage
 from divspa.stages.train_base import BASE_VERSION
 
 log = logging.getLogger(__name__)
@@ -85,6 +84,3 @@ def retrieve(ctx: RunContext, stage: str, version: str, strategies: set[str] | N
 
 def run(ctx: RunContext) -> dict[str, Any]:
     return retrieve(ctx, NAME, BASE_VERSION)
-
-
-STAGE = Stage(NAME, ("neighbours",), run, "faiss top-k neighbours (u2i, i2i, u2u) of the teacher's vectors")

@@ -11,7 +11,6 @@ from pyspark.sql import functions as F
 from divspa import storage
 from divspa.ingest.split import SplitError, chronological_split
 from divspa.runtime import RunContext
-from divspa.stages import Stage
 
 log = logging.getLogger(__name__)
 NAME = "split"
@@ -35,6 +34,3 @@ def run(ctx: RunContext) -> dict[str, Any]:
     info = {"mode": ctx.cfg.split.mode, "cut_time": cut, "train": train, "test": test, "version": result.version}
     storage.settings().write_text(storage.join(ctx.cfg.run_dir, "split.json"), json.dumps(info, indent=2))
     return info
-
-
-STAGE = Stage(NAME, ("split_clicks",), run, "chronological train/test split")

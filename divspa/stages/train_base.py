@@ -1,4 +1,4 @@
-"""Stage `train_base`: train the YoutubeDNN teacher on train_examples (Eq. 1).
+"""Stage `train_base`: train the base model (model.arch; YoutubeDNN by default), the teacher, on train_examples (Eq. 1).
 
 The vocabularies are catalogue-sized (items and feature values, never users): Spark computes
 them and the driver holds them, as the model's embedding tables must anyway.
@@ -18,7 +18,6 @@ from divspa.models.distributed import TrainJob, train
 from divspa.models.encoding import Vocab
 from divspa.models.trainer import TrainReport
 from divspa.runtime import RunContext
-from divspa.stages import Stage
 
 log = logging.getLogger(__name__)
 NAME = "train_base"
@@ -79,5 +78,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "examples_per_s": round(report.examples_per_s)}
 
 
-STAGE = Stage(NAME, ("metrics",), run, "train the YoutubeDNN base model (the teacher)",
-              artifacts=lambda ctx: [checkpoint_path(ctx, BASE_VERSION)])
+def artifacts(ctx: RunContext) -> list[str]:
+    """The stage is done only when its checkpoint exists too."""
+    return [checkpoint_path(ctx, BASE_VERSION)]

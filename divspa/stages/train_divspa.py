@@ -17,7 +17,6 @@ from pyspark.sql import functions as F
 from divspa.models.checkpoint import load_checkpoint
 from divspa.models.distributed import TrainJob, train
 from divspa.runtime import RunContext
-from divspa.stages import Stage
 from divspa.stages.augment import augment
 from divspa.stages.export import export_model
 from divspa.stages.prepare import in_example_order
@@ -94,5 +93,6 @@ def run(ctx: RunContext) -> dict[str, Any]:
     return {"final": teacher, **{k: v["val_hr"] for k, v in info.items()}}
 
 
-STAGE = Stage(NAME, ("metrics",), run, "train the DivSPA student with the mix-up loss (rounds of self-distillation)",
-              artifacts=lambda ctx: [checkpoint_path(ctx, final_version(ctx))])
+def artifacts(ctx: RunContext) -> list[str]:
+    """The stage is done only when the final student's checkpoint exists too."""
+    return [checkpoint_path(ctx, final_version(ctx))]
