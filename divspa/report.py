@@ -21,27 +21,37 @@ BINS = 20
 
 
 def _bars(title: str, categories: list[str], series: dict[str, list[float]], fmt: str = "{:.3f}") -> str:
-    """A grouped bar chart: one group per category, one bar per series."""
-    w, h, pad = 640, 260, 40
+    """A grouped bar chart: one group per category, one bar per series, a labelled y axis from 0
+    and each bar's value printed above it (a printed report has no hover)."""
+    w, h, pad, left = 640, 260, 40, 70
     top = max([v for vals in series.values() for v in vals] + [1e-12])
-    group_w = (w - 2 * pad) / max(len(categories), 1)
+    group_w = (w - left - pad) / max(len(categories), 1)
     bar_w = group_w * 0.8 / max(len(series), 1)
+    scale = (h - 30) / top
     parts = [f'<svg width="{w}" height="{h + 60}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
-             f'<text x="{pad}" y="14" font-weight="bold">{html.escape(title)}</text>',
-             f'<line x1="{pad}" y1="{h}" x2="{w - pad}" y2="{h}" stroke="#333"/>']
+             f'<text x="{left}" y="14" font-weight="bold">{html.escape(title)}</text>',
+             f'<line x1="{left}" y1="{h}" x2="{w - pad}" y2="{h}" stroke="#333"/>',
+             f'<line x1="{left}" y1="30" x2="{left}" y2="{h}" stroke="#333"/>']
+    for t in _ticks(0.0, top):
+        y = h - t * scale
+        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{html.escape(fmt.format(t))}</text>'
+                     f'<line x1="{left}" y1="{y:.1f}" x2="{w - pad}" y2="{y:.1f}" stroke="#eee"/>')
     for ci, cat in enumerate(categories):
-        x0 = pad + ci * group_w + group_w * 0.1
+        x0 = left + ci * group_w + group_w * 0.1
         for si, (name, vals) in enumerate(series.items()):
             v = vals[ci]
-            bh = (h - 30) * v / top
+            bh = v * scale
             x = x0 + si * bar_w
             parts.append(f'<rect x="{x:.1f}" y="{h - bh:.1f}" width="{bar_w - 1:.1f}" height="{bh:.1f}" '
                          f'fill="{PALETTE[si % len(PALETTE)]}"><title>{html.escape(name)} {html.escape(cat)}: '
-                         f'{fmt.format(v)}</title></rect>')
+                         f'{fmt.format(v)}</title></rect>'
+                         f'<text x="{x + bar_w / 2:.1f}" y="{h - bh - 3:.1f}" text-anchor="middle" font-size="9">'
+                         f'{html.escape(fmt.format(v))}</text>')
         parts.append(f'<text x="{x0 + group_w * 0.4:.1f}" y="{h + 14}" text-anchor="middle">{html.escape(cat)}</text>')
     for si, name in enumerate(series):
-        parts.append(f'<rect x="{pad + si * 140}" y="{h + 30}" width="10" height="10" fill="{PALETTE[si % len(PALETTE)]}"/>'
-                     f'<text x="{pad + si * 140 + 14}" y="{h + 39}">{html.escape(name)}</text>')
+        parts.append(f'<rect x="{left + si * 140}" y="{h + 30}" width="10" height="10" '
+                     f'fill="{PALETTE[si % len(PALETTE)]}"/><text x="{left + si * 140 + 14}" y="{h + 39}">'
+                     f'{html.escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
