@@ -39,6 +39,12 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ or os.environ.get("SPARK_SUBMIT_MODE") == "1"
 
 
+def console_progress() -> str:
+    """Spark's stage progress bar on a terminal; never in a scheduler's or CI's log, where its
+    carriage returns become noise. spark.conf can still set it either way."""
+    return "true" if sys.stderr.isatty() else "false"
+
+
 def get_spark(cfg: SparkConfig) -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -53,7 +59,7 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
             builder.master(cfg.master)
             .config("spark.driver.memory", cfg.driver_memory)
             .config("spark.ui.enabled", str(cfg.ui).lower())
-            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.ui.showConsoleProgress", console_progress())
             .config("spark.driver.host", "127.0.0.1")
             .config("spark.driver.bindAddress", "127.0.0.1")
         )

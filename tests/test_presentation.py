@@ -1,4 +1,4 @@
-"""The report's charts carry their numbers: axes with ticks and a label on every bar."""
+"""What users see: report charts that carry their numbers, Spark's progress bar only on a terminal."""
 
 from __future__ import annotations
 
@@ -22,3 +22,19 @@ def test_scatter_has_labelled_axes():
     svg = scatter("frontier", {"base": (100.0, 0.2), "divspa-1": (120.0, 0.25)}, "distinct items @100", "HR@50")
     assert "distinct items @100" in svg and "HR@50" in svg
     assert len(re.findall(r'text-anchor="end">', svg)) == 5 and svg.count("<circle") == 2
+
+
+def test_spark_progress_bar_only_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    from divspa.spark import console_progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert console_progress() == "false"
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert console_progress() == "true"
