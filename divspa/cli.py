@@ -4,6 +4,9 @@
     divspa <stage> --conf ...          one stage (the same code spark-submit's jobs/<stage>.py runs)
     divspa tables | history TABLE      what the warehouse holds
     divspa cluster start|stop|status   a local Spark standalone cluster (see divspa/cluster.py)
+
+Exit codes (divspa/errors.py): 0 success, 1 the work failed (one line on stderr, tables at their
+previous versions), 2 the command line or configuration is wrong (nothing ran).
 """
 
 from __future__ import annotations
@@ -14,12 +17,11 @@ import sys
 from collections.abc import Sequence
 
 from divspa import __version__, storage
-from divspa.config import Config, ConfigError, load_config
-from divspa.delta import DeltaWriteError, Warehouse
+from divspa.config import Config, load_config
+from divspa.delta import Warehouse
+from divspa.errors import ConfigError, DivspaError
 from divspa.pipeline import BY_NAME, STAGES, run_pipeline, run_stage
-from divspa.runtime import RunContext, StageError, close_log, setup_logging
-from divspa.schemas import SchemaError
-from divspa.sql import ReadOnlyError
+from divspa.runtime import RunContext, close_log, setup_logging
 
 log = logging.getLogger("divspa")
 
@@ -96,17 +98,11 @@ def _run(args: argparse.Namespace) -> int:
         else:
             run_stage(ctx, BY_NAME[args.command])
         return 0
-    except ConfigError as exc:
-        print(f"divspa: config error: {exc}", file=sys.stderr)
-        return 2
-    except StageError as exc:
+    except (DivspaError, FileNotFoundError) as exc:  # exit codes: divspa/errors.py
         log.debug("traceback", exc_info=True)
-        print(f"divspa: {exc}", file=sys.stderr)
-        return 1
-    except (ReadOnlyError, DeltaWriteError, SchemaError, storage.StorageError, FileNotFoundError) as exc:
-        log.debug("traceback", exc_info=True)
-        print(f"divspa: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 1
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"divspa: {'config error: ' if isinstance(exc, ConfigError) else ''}{first}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
 
 
 def _print_summary(ctx: RunContext, stats: dict) -> None:

@@ -19,10 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from divspa import storage
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key and the source."""
+from divspa.errors import ConfigError
 
 
 def _opt(default: Any = None, *, ge: float | None = None, gt: float | None = None,

@@ -50,6 +50,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from divspa import storage
+from divspa.errors import DeltaWriteError
 from divspa.schemas import TableSchema, check_dataframe, load_schema
 from divspa.snapshot import Snapshot
 from divspa.spark import delta_spark_available
@@ -60,10 +61,6 @@ WriteMode = Literal["append", "overwrite", "replace"]
 STAGING_DIR = "_staging"
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 STALE_STAGING_SECONDS = 6 * 3600  # a staging dir this old belongs to a writer that died
-
-
-class DeltaWriteError(RuntimeError):
-    """A write failed; the table is still at its previous version."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 from divspa import storage
 from divspa.config import Config, dump_config
 from divspa.delta import Txn, Warehouse, WriteResult
+from divspa.errors import StageError
 from divspa.schemas import load_schema
 from divspa.spark import get_spark
 
@@ -113,10 +114,6 @@ def connect(cfg: Config, spark: SparkSession | None = None) -> tuple[SparkSessio
     storage.configure({**conf, **cfg.spark.conf}, cfg.run.storage_options)
     native = None if cfg.spark.delta == "auto" else cfg.spark.delta == "native"
     return spark, Warehouse(spark, cfg.warehouse, native=native)
-
-
-class StageError(RuntimeError):
-    """A pipeline stage failed; the message names the stage and the cause."""
 
 
 @dataclass

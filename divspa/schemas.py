@@ -14,6 +14,8 @@ from importlib import resources
 import pyarrow as pa
 from pyspark.sql import types as T
 
+from divspa.errors import SchemaError
+
 # Our type names -> (Spark type, Arrow type). Timestamps are UTC microseconds, which is what
 # Spark writes with spark.sql.parquet.outputTimestampType=TIMESTAMP_MICROS and what Delta's
 # `timestamp` type means.
@@ -27,10 +29,6 @@ _PRIMITIVES: dict[str, tuple[T.DataType, pa.DataType]] = {
     "timestamp": (T.TimestampType(), pa.timestamp("us", tz="UTC")),
     "date": (T.DateType(), pa.date32()),
 }
-
-
-class SchemaError(ValueError):
-    """A DataFrame does not match its table's schema; the message names the column."""
 
 
 def _types(name: str) -> tuple[T.DataType, pa.DataType]:

@@ -18,6 +18,8 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from divspa.errors import ReadOnlyError
+
 log = logging.getLogger(__name__)
 
 # Commands that only describe: allowed. Every other command, and every parsed write statement
@@ -29,10 +31,6 @@ ALLOWED_COMMANDS = frozenset({
     "ExplainCommand",
 })
 ALLOWED_OTHER = frozenset({"DescribeDeltaHistory"})
-
-
-class ReadOnlyError(ValueError):
-    """A statement given to `divspa sql` would change a table or the catalog; nothing ran."""
 
 
 def _nodes(plan: Any) -> list[Any]:

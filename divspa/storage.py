@@ -25,14 +25,12 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from divspa.errors import StorageError
+
 # Hadoop's S3 connector is s3a; delta-rs and pyarrow know S3 as s3.
 _S3_SCHEMES = {"s3", "s3a", "s3n"}
 _SECRET = re.compile(r"secret|password|token|credential|access\.key|account\.key|sas|signature", re.I)
 REDACTED = "*****"
-
-
-class StorageError(RuntimeError):
-    """A location cannot be reached (wrong credentials, missing bucket...); the message names it."""
 
 
 def is_uri(location: str) -> bool:

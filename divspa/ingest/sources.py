@@ -18,15 +18,12 @@ from pyspark.sql import types as T
 from divspa import storage
 from divspa.config import Config, FeatureSourceConfig, FilterConfig
 from divspa.delta import Warehouse
+from divspa.errors import SourceError
 from divspa.ingest import synthetic
 
 DEFAULT_ML100K = "../shared/data/ml-100k"
 ML100K_ENV = "DIVSPA_ML100K"
 ML_AGE_BUCKETS = ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55"))
-
-
-class SourceError(ValueError):
-    """The configured source cannot be read as configured."""
 
 
 @dataclass

@@ -15,10 +15,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from divspa.config import SplitConfig
-
-
-class SplitError(ValueError):
-    """The split would leave train or test empty."""
+from divspa.errors import SplitError
 
 
 @dataclass

@@ -22,10 +22,6 @@ EPOCH_FACTORS = {"s": 1_000_000, "ms": 1_000, "us": 1}
 DUPLICATE = "exact duplicate"
 
 
-class TooManyBadRows(ValueError):
-    """The share of quarantined rows exceeds ingest.max_bad_fraction; nothing was written."""
-
-
 @dataclass
 class Validated:
     clicks: DataFrame  # user_id, item_id, event_time

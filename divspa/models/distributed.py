@@ -25,16 +25,13 @@ import torch
 
 from divspa import storage
 from divspa.config import Config
+from divspa.errors import TrainingError
 from divspa.models.checkpoint import ModelBundle, load_checkpoint, save_checkpoint, to_bytes
 from divspa.models.trainer import Trainer, TrainReport, pick_device
 from divspa.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 TrainerKind = Literal["base", "divspa"]
-
-
-class TrainingError(RuntimeError):
-    """Distributed training failed; the ranks' own output is in the log above the message."""
 
 
 @dataclass

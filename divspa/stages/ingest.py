@@ -9,8 +9,9 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from divspa.errors import TooManyBadRows
 from divspa.ingest.sources import read_source
-from divspa.ingest.validate import TooManyBadRows, validate
+from divspa.ingest.validate import validate
 from divspa.runtime import RunContext
 
 log = logging.getLogger(__name__)
