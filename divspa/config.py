@@ -135,13 +135,16 @@ class SplitConfig:
     max_train_clicks: int = _opt(0, ge=0)
 
 
+# youtubednn: the paper's backbone. fm / deepfm / autoint: its Table 1 competitors as two-tower
+# models (divspa.models.archs); any of them can be the teacher and the student.
+Arch = Literal["youtubednn", "fm", "deepfm", "autoint"]
+
+
 @dataclass
 class ModelConfig:
     """The two-tower base's shape (paper: embedding size 32 for all features)."""
 
-    # youtubednn: the paper's backbone. fm / deepfm / autoint: its Table 1 competitors as two-tower
-    # models (divspa.models.archs); any of them can be the teacher and the student.
-    arch: Literal["youtubednn", "fm", "deepfm", "autoint"] = "youtubednn"
+    arch: Arch = "youtubednn"
     embedding_dim: int = _opt(32, ge=1)  # size of every feature/id embedding
     output_dim: int = _opt(32, ge=1)  # size of u and v
     hidden_dims: list[int] = _opt([64])

@@ -153,3 +153,29 @@ def s3() -> S3Server:
     yield server
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def assert_export_matches(ctx, version: str) -> None:
+    """The user and item vectors Spark exported for `version` are the checkpoint's own (<= 1e-5)."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import torch
+
+    from divspa.models.checkpoint import load_checkpoint
+    from divspa.models.trainer import user_vectors_for
+    from divspa.stages.train_base import checkpoint_path
+
+    bundle = load_checkpoint(checkpoint_path(ctx, version))
+    hist = ctx.warehouse.dataset("user_histories").to_table(filter=pc.field("run_id") == ctx.run_id)
+    expected = dict(zip(hist.column("user_id").to_pylist(), user_vectors_for(bundle, hist), strict=True))
+    rows = ctx.read("user_embeddings").where(f"model_version = '{version}'").collect()
+    assert len(rows) == len(expected) and {r["user_id"] for r in rows} == set(expected)
+    assert max(float(np.abs(np.array(r["vector"]) - expected[r["user_id"]]).max()) for r in rows) <= 1e-5
+    with torch.no_grad():
+        item_vecs = bundle.model.item_vectors().numpy()
+    rows = ctx.read("item_embeddings").where(f"model_version = '{version}'").collect()
+    assert len(rows) == bundle.vocab.num_items
+    assert {r["item_id"] for r in rows} == set(bundle.vocab.item_ids.tolist())
+    idx = bundle.vocab.item_index(np.array([r["item_id"] for r in rows]))
+    assert max(float(np.abs(np.array(r["vector"]) - item_vecs[j - 1]).max()) for r, j in zip(rows, idx, strict=True)) \
+        <= 1e-5

@@ -5,20 +5,17 @@ from __future__ import annotations
 import copy
 import shutil
 
-import numpy as np
-import pyarrow.compute as pc
 import pytest
 import torch
 
 from divspa.config import ConfigError, load_config
 from divspa.models.checkpoint import load_checkpoint
 from divspa.models.towers import ARCHS, TwoTower, UserInputs
-from divspa.models.trainer import user_vectors_for
 from divspa.pipeline import BY_NAME, STAGES, run_pipeline
 from divspa.runtime import RunContext
 from divspa.stages.train_base import BASE_VERSION, checkpoint_path
 from divspa.stages.train_divspa import final_version
-from tests.conftest import REPO, rerun
+from tests.conftest import REPO, assert_export_matches, rerun
 
 EMB, OUT = 8, 6
 SIZES = {"youtubednn": OUT, "fm": EMB + 2, "deepfm": EMB + 2 + OUT, "autoint": OUT}
@@ -88,22 +85,6 @@ def test_autoint_heads_must_divide_the_embedding(tmp_path):
                                                       "model.attention_heads=4"])
 
 
-def _assert_export_matches(ctx: RunContext, version: str) -> None:
-    bundle = load_checkpoint(checkpoint_path(ctx, version))
-    hist = ctx.warehouse.dataset("user_histories").to_table(filter=pc.field("run_id") == ctx.run_id)
-    expected = dict(zip(hist.column("user_id").to_pylist(), user_vectors_for(bundle, hist), strict=True))
-    rows = ctx.read("user_embeddings").where(f"model_version = '{version}'").collect()
-    assert {r["user_id"] for r in rows} == set(expected)
-    assert max(float(np.abs(np.array(r["vector"]) - expected[r["user_id"]]).max()) for r in rows) <= 1e-5
-    with torch.no_grad():
-        item_vecs = bundle.model.item_vectors().numpy()
-    rows = ctx.read("item_embeddings").where(f"model_version = '{version}'").collect()
-    assert len(rows) == bundle.vocab.num_items
-    idx = bundle.vocab.item_index(np.array([r["item_id"] for r in rows]))
-    assert max(float(np.abs(np.array(r["vector"]) - item_vecs[j - 1]).max()) for r, j in zip(rows, idx, strict=True)) \
-        <= 1e-5
-
-
 @pytest.mark.parametrize("arch", ["fm", "deepfm", "autoint"])
 def test_divspa_pipeline_on_each_arch(spark, trained, tmp_path, arch):
     """Teacher, export, retrieve, augment, student, the student's export and evaluation with `arch`,
@@ -117,7 +98,7 @@ def test_divspa_pipeline_on_each_arch(spark, trained, tmp_path, arch):
     final = final_version(ctx)
     for version in (BASE_VERSION, final):
         assert load_checkpoint(checkpoint_path(ctx, version)).mcfg.arch == arch
-        _assert_export_matches(ctx, version)  # Spark's vectors are the trained model's, teacher and student
+        assert_export_matches(ctx, version)  # Spark's vectors are the trained model's, teacher and student
     got = {(r["model"], r["metric"]) for r in ctx.read("metrics").where("stage = 'evaluate'").collect()}
     assert {(BASE_VERSION, "hr"), (final, "hr"), ("popularity", "hr")} <= got
 

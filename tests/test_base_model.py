@@ -9,10 +9,9 @@ import torch
 from pyspark.sql import functions as F
 
 from divspa.models.checkpoint import load_checkpoint
-from divspa.models.trainer import user_vectors_for
 from divspa.pipeline import BY_NAME, run_stage
 from divspa.stages.train_base import BASE_VERSION, checkpoint_path
-from tests.conftest import rerun
+from tests.conftest import assert_export_matches, rerun
 
 
 def test_history_is_strictly_before_the_event(trained):
@@ -44,19 +43,7 @@ def test_spark_export_equals_in_process_vectors(trained, partitions):
     ctx = trained
     ctx.cfg.export.partitions = partitions
     rerun(ctx, "export")
-    bundle = load_checkpoint(checkpoint_path(ctx, BASE_VERSION))
-    hist = ctx.warehouse.dataset("user_histories").to_table(filter=pc.field("run_id") == ctx.run_id)
-    expected = dict(zip(hist.column("user_id").to_pylist(), user_vectors_for(bundle, hist), strict=True))
-    users = {r["user_id"]: np.array(r["vector"]) for r in ctx.read("user_embeddings").collect()}
-    assert set(users) == set(expected)
-    assert max(float(np.abs(users[u] - expected[u]).max()) for u in users) <= 1e-5
-    with torch.no_grad():
-        item_vecs = bundle.model.item_vectors().numpy()
-    items = {r["item_id"]: np.array(r["vector"]) for r in ctx.read("item_embeddings").collect()}
-    assert set(items) == set(bundle.vocab.item_ids.tolist())
-    idx = bundle.vocab.item_index(np.array(list(items)))
-    diff = max(float(np.abs(items[i] - item_vecs[j - 1]).max()) for i, j in zip(items, idx, strict=True))
-    assert diff <= 1e-5
+    assert_export_matches(ctx, BASE_VERSION)
 
 
 def test_training_is_reproducible(trained, spark):

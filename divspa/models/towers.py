@@ -14,16 +14,19 @@ export, retrieval and augmentation have no branch per arch.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from divspa.config import Arch
 from divspa.models.archs import FieldItemTower, FieldUserTower
 from divspa.models.layers import UserInputs, masked_mean, mlp
 
 __all__ = ["ARCHS", "TwoTower", "UserInputs"]
 
-ARCHS = ("youtubednn", "fm", "deepfm", "autoint")
+ARCHS: tuple[str, ...] = typing.get_args(Arch)
 
 
 class UserTower(nn.Module):
@@ -64,7 +67,6 @@ class TwoTower(nn.Module):
         hidden = list(hidden or [])
         self.num_items = num_items
         self.omega = omega
-        self.arch = arch
         self.user_tower: nn.Module
         self.item_tower: nn.Module
         if arch == "youtubednn":
