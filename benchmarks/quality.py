@@ -309,8 +309,8 @@ def main() -> None:
             by_arch[arch] = run_workers(arch_args, seeds, ["divspa"]) if args.jobs > 1 else \
                 {seed: run_seed(arch_args, seed, ["divspa"], None, started)[0] for seed in seeds}
             print(f"{arch}: done [{time.perf_counter() - started:.0f}s]", flush=True)
-        if args.results:
-            Path(args.results).write_text(json.dumps(by_arch))
+            if args.results:  # after each arch, so a stopped run's finished archs can be re-printed
+                Path(args.results).write_text(json.dumps(by_arch))
         arch_table(by_arch, " ".join([args.conf, *args.overrides]), time.perf_counter() - started)
         return
     if args.report_from:  # tables and frontier again from a run's --results file, no training
