@@ -3,10 +3,13 @@
     divspa run --conf conf/default.yaml [--set section.key=value ...] [--run-id ID] [--force]
     divspa <stage> --conf ...          one stage (the same code spark-submit's jobs/<stage>.py runs)
     divspa tables | history TABLE      what the warehouse holds
+    divspa runs                        every run's record: published, gated or failed, and why
+    divspa gc [--keep N] [--dry-run]   retention: drop old runs' partitions, vacuum, checkpoint
     divspa cluster start|stop|status   a local Spark standalone cluster (see divspa/cluster.py)
 
 Exit codes (divspa/errors.py): 0 success, 1 the work failed (one line on stderr, tables at their
-previous versions), 2 the command line or configuration is wrong (nothing ran).
+previous versions), 2 the command line or configuration is wrong (nothing ran), 3 the run
+completed but a quality gate failed (recorded, not published), 4 another process holds this run id.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 from divspa import __version__, storage
 from divspa.config import Config, load_config
 from divspa.delta import Warehouse
-from divspa.errors import ConfigError, DivspaError
+from divspa.errors import ConfigError, DivspaError, NotPublished, StageError
 from divspa.pipeline import BY_NAME, STAGES, run_pipeline, run_stage
 from divspa.runtime import RunContext, close_log, setup_logging
 
@@ -52,11 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("table")
     p.add_argument("--limit", type=int, default=20)
+    p = sub.add_parser("runs", help="every run's record (outcome, gates, key figures); no JVM")
+    _common(p)
+    p = sub.add_parser("gc", help="drop all but the newest --keep runs' partitions, vacuum, checkpoint; no JVM")
+    _common(p)
+    p.add_argument("--keep", type=int, default=None, help="runs to keep (default: run.keep_runs)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be dropped, change nothing")
     p = sub.add_parser("sql", help="read-only Spark SQL over the warehouse's tables, by name "
                                    "(time travel and DESCRIBE HISTORY with native Delta)")
     _common(p)
     p.add_argument("query", help='e.g. "SELECT strategy, count(*) FROM augmented_positives GROUP BY 1"')
     p.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
+    p.add_argument("--run", default=None, metavar="RUN",
+                   help='"latest" (the latest published run) or a run id: every table shows only that run')
     return parser
 
 
@@ -84,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         cfg = _config(args)
-        if args.command in ("tables", "history", "sql"):
+        if args.command in ("tables", "history", "sql", "runs", "gc"):
             return _inspect(args, cfg)
         stages = args.stages.split(",") if getattr(args, "stages", None) else None
         if stages:
@@ -92,17 +103,49 @@ def _run(args: argparse.Namespace) -> int:
             if unknown:
                 raise ConfigError(f"--stages: unknown stage {unknown[0]!r}; stages are {', '.join(BY_NAME)}")
         ctx = RunContext.start(cfg, args.command, force=args.force)
-        if args.command == "run":
-            stats = run_pipeline(ctx, stages)
-            _print_summary(ctx, stats)
-        else:
-            run_stage(ctx, BY_NAME[args.command])
+        try:
+            _work(ctx, args.command, stages)
+        finally:
+            ctx.close()
         return 0
     except (DivspaError, FileNotFoundError) as exc:  # exit codes: divspa/errors.py
         log.debug("traceback", exc_info=True)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"divspa: {'config error: ' if isinstance(exc, ConfigError) else ''}{first}", file=sys.stderr)
         return getattr(exc, "exit_code", 1)
+
+
+def _work(ctx: RunContext, command: str, stages: list[str] | None) -> None:
+    """Run the stages; record a failure in the runs table; after publish, retention and the verdict."""
+    try:
+        if command == "run":
+            stats = run_pipeline(ctx, stages)
+            _print_summary(ctx, stats)
+        else:
+            run_stage(ctx, BY_NAME[command])
+    except StageError as exc:
+        _record_failure(ctx, str(exc))
+        raise
+    verdict = ctx.stats.get("publish")
+    if verdict is None:
+        return
+    if ctx.cfg.run.keep_runs is not None:
+        from divspa import retention
+
+        retention.collect(ctx.warehouse, ctx.cfg, ctx.cfg.run.keep_runs)
+    if verdict["outcome"] != "published":
+        raise NotPublished(f"run {ctx.run_id} is not published: {verdict['reason']}")
+    print(f"run {ctx.run_id}: published (trainers reading the latest published run now get it)")
+
+
+def _record_failure(ctx: RunContext, reason: str) -> None:
+    """A failed run is recorded as such (never "latest"); a record that cannot be written is only logged."""
+    try:
+        from divspa.stages.publish import record
+
+        record(ctx, "failed", reason.splitlines()[0][:1000])
+    except Exception as exc:  # the stage's own error is what the user must see
+        log.warning("could not record the failure in the runs table: %s", exc)
 
 
 def _print_summary(ctx: RunContext, stats: dict) -> None:
@@ -160,14 +203,27 @@ def _print_comparison(ctx: RunContext) -> None:
 def _inspect(args: argparse.Namespace, cfg: Config) -> int:
     from divspa.runtime import connect
 
-    setup_logging("WARNING")
+    setup_logging("INFO" if args.command == "gc" else "WARNING")
     if args.command == "sql":
         _, wh = connect(cfg)
-        return _sql(wh, args.query, args.limit)
-    # tables and history read the Delta logs with delta-rs: no JVM. Object-store settings come
-    # from the config's spark.conf (spark.hadoop.fs.s3a.*) and AWS_* variables, as for a run.
+        return _sql(wh, args.query, args.limit, args.run)
+    # The rest read and commit Delta logs with delta-rs: no JVM. Object-store settings come from
+    # the config's spark.conf (spark.hadoop.fs.s3a.*) and AWS_* variables, as for a run.
     storage.configure(dict(cfg.spark.conf), cfg.run.storage_options)
-    wh = Warehouse(None, cfg.warehouse)
+    wh = Warehouse(None, cfg.warehouse, checkpoint_interval=cfg.run.checkpoint_interval)
+    if args.command == "runs":
+        return _runs(wh)
+    if args.command == "gc":
+        from divspa import retention
+
+        keep = args.keep if args.keep is not None else cfg.run.keep_runs
+        if keep is None or keep < 1:
+            raise ConfigError("gc: how many runs to keep? pass --keep N (N >= 1) or set run.keep_runs")
+        res = retention.collect(wh, cfg, keep, dry_run=args.dry_run)
+        verb = "would drop" if args.dry_run else "dropped"
+        print(f"kept {len(res.kept)} runs: {', '.join(res.kept) or '-'}\n{verb} {len(res.dropped)} runs: "
+              f"{', '.join(res.dropped) or '-'}" + ("" if args.dry_run else f"\nvacuumed {res.vacuumed_files} files"))
+        return 0
     if args.command == "tables":
         names = wh.tables()
         if not names:
@@ -188,14 +244,37 @@ def _inspect(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def _sql(wh, query: str, limit: int) -> int:
+def _runs(wh: Warehouse) -> int:
+    from divspa import runs
+
+    rows = runs.records(wh)
+    if not rows:
+        print(f"no run recorded under {wh.root} (runs are recorded by stage publish)")
+        return 0
+    latest = runs.latest_published(wh)
+    print(f"{'run_id':<22} {'outcome':<10} {'recorded (UTC)':<20} {'metric':<7} {'popular':>8} {'base':>8} "
+          f"{'divspa':>8} {'augmented':>11}  reason")
+    for r in rows:
+        mark = " *" if latest is not None and r["run_id"] == latest["run_id"] else ""
+        cells = [f"{r[c]:>8.4f}" if r[c] is not None else f"{'-':>8}" for c in ("popularity", "base", "divspa")]
+        aug = f"{r['augmented_rows']:>11,}" if r["augmented_rows"] is not None else f"{'-':>11}"
+        print(f"{r['run_id'] + mark:<22} {r['outcome']:<10} {r['recorded_at']:%Y-%m-%d %H:%M:%S}  "
+              f"{r['metric'] or '-':<7} {' '.join(cells)} {aug}  {r['reason'] or ''}")
+    print("(* the latest published run: what trainers reading run='latest' get)" if latest else
+          "(no run is published)")
+    return 0
+
+
+def _sql(wh, query: str, limit: int, run: str | None = None) -> int:
     from pyspark.errors import PySparkException
 
+    from divspa import runs
     from divspa.sql import check_read_only, register_tables
 
+    run_id = runs.resolve_run(runs.records(wh), run, wh.root) if run else None
     try:
         check_read_only(wh.spark, query)  # before anything runs: DDL/DML would execute eagerly
-        register_tables(wh)
+        register_tables(wh, run_id)
         df = wh.spark.sql(query)
         rows = df.limit(limit + 1).collect()
     except PySparkException as exc:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
+import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +49,32 @@ class RunConfig:
     # AWS_S3_LOCKING_PROVIDER: dynamodb for embedded commits to S3). Endpoint and credentials
     # come from spark.conf's spark.hadoop.fs.s3a.* (or AWS_* variables), not from here.
     storage_options: dict[str, str] = _opt({})
+    # Retention (divspa gc, and the end of every `divspa run` when set): keep the newest this many
+    # runs' partitions in every table (the latest published run is always kept); None keeps all.
+    keep_runs: int | None = _opt(None, ge=1)
+    # Files no table version of the last this many hours needs are deleted by gc's vacuum (Delta's
+    # default of 7 days: a trainer that pinned a version within it still finds its files).
+    vacuum_retention_hours: int = _opt(168, ge=0)
+    checkpoint_interval: int = _opt(10, ge=1)  # a Delta checkpoint every this many commits
+    compact: bool = False  # gc also rewrites small files into larger ones (Delta OPTIMIZE)
+
+
+@dataclass
+class PublishConfig:
+    """Quality gates: a run is published (what trainers read as "latest") only if all pass.
+
+    A gate set to null is off. Figures come from the evaluate stage's metrics of this run and
+    the runs table's record of the previous published run."""
+
+    metric: Literal["hr", "ndcg"] = "hr"
+    k: int = _opt(50, ge=1)
+    # base model >= this x popularity (1.0: the teacher must beat recommending the most clicked)
+    min_base_vs_popularity: float | None = _opt(1.0, ge=0)
+    # final DivSPA student >= (1 - this) x base
+    max_divspa_drop: float | None = _opt(0.05, ge=0, le=1)
+    # augmented rows within [low, high] x the previous published run's (a broken join or a
+    # half-read log changes it by far more than a day's growth)
+    augmented_rows_range: list[float] | None = _opt([0.5, 2.0])
 
 
 @dataclass
@@ -285,6 +314,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     divspa: DivspaConfig = field(default_factory=DivspaConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
     @property
     def run_id(self) -> str:
@@ -314,8 +344,52 @@ class Config:
 # ----------------------------------------------------------------------------------------------
 
 
+ENV_PREFIX = "DIVSPA__"  # DIVSPA__RUN__OUTPUT_DIR=s3a://b/p is run.output_dir (after YAML, before --set)
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
+    """`DIVSPA__SECTION__KEY=value` variables as `section.key=value` overrides.
+
+    A scheduler sets paths and switches per environment without editing the YAML; names are
+    case-insensitive up to a map key (spark.conf's keys keep their spelling:
+    DIVSPA__SPARK__CONF__spark.sql.shuffle.partitions=64)."""
+    environ = os.environ if environ is None else environ
+    out = []
+    for name in sorted(n for n in environ if n.upper().startswith(ENV_PREFIX)):
+        parts, tp = name[len(ENV_PREFIX):].split("__"), Config
+        for i, part in enumerate(parts):
+            hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+            if part.lower() not in hints:
+                break
+            parts[i] = part.lower()
+            tp = _unwrap_optional(hints[part.lower()])
+        out.append(f"{'.'.join(parts)}={environ[name]}")
+    return out
+
+
+def _expand_env(value: Any, key: str, source: str) -> Any:
+    """`${VAR}` / `${VAR:-default}` in YAML strings, so secrets stay out of config files."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{key}.{k}" if key else str(k), source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) in os.environ:
+            return os.environ[m.group(1)]
+        if m.group(2) is not None:
+            return m.group(2)
+        raise ConfigError(f"{source}: {key} refers to ${{{m.group(1)}}}, which is not set in the environment")
+
+    return _ENV_REF.sub(sub, value)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load `path` (YAML) and apply `--set key.sub=value` overrides, validating everything."""
+    """Load `path` (YAML; `${VAR}` expanded), then `DIVSPA__...` environment overrides, then
+    `--set key.sub=value` overrides, validating everything."""
     raw: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
@@ -332,7 +406,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
-        raw = loaded
+        raw = _expand_env(loaded, "", source)
+    for item in env_overrides():
+        _apply_override(raw, item, "environment")
     for item in overrides or []:
         _apply_override(raw, item)
     cfg = _build(Config, raw, "", source)
@@ -354,6 +430,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if cfg.model.arch == "autoint" and cfg.model.embedding_dim % cfg.model.attention_heads:
         raise ConfigError(f"{source}: model.embedding_dim = {cfg.model.embedding_dim} is not divisible by "
                           f"model.attention_heads = {cfg.model.attention_heads}")
+    if cfg.publish.k not in cfg.eval.ks:
+        raise ConfigError(f"{source}: publish.k = {cfg.publish.k} is not one of eval.ks = {cfg.eval.ks}: the gates "
+                          "can only read a cut-off the evaluate stage computes")
+    rows_range = cfg.publish.augmented_rows_range
+    if rows_range is not None and (len(rows_range) != 2 or not 0 <= rows_range[0] <= rows_range[1]):
+        raise ConfigError(f"{source}: publish.augmented_rows_range = {rows_range} must be [low, high] with "
+                          "0 <= low <= high")
     if cfg.split.mode == "per_user" and cfg.split.cut_time:
         raise ConfigError(f"{source}: split.cut_time sets a global cut; it has no meaning with split.mode = per_user")
     return cfg
@@ -366,17 +449,17 @@ def _check_run_id(run_id: str, source: str) -> None:
         raise ConfigError(f"{source}: run.run_id {run_id!r} may only hold letters, digits, '-', '_' and '.'")
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def _apply_override(raw: dict[str, Any], item: str, origin: str = "--set") -> None:
     if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        raise ConfigError(f"{origin} {item!r}: expected key.sub=value")
     key, _, value_text = item.partition("=")
     parts = key.strip().split(".")
     if any(not p for p in parts):
-        raise ConfigError(f"--set {item!r}: malformed key {key!r}")
+        raise ConfigError(f"{origin} {item!r}: malformed key {key!r}")
     try:
         value = yaml.safe_load(value_text) if value_text.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{origin} {item!r}: value is not valid YAML: {exc}") from exc
     # Walk the dataclass types alongside the key: inside a dict-typed field (spark.conf) the rest
     # of the key is one map key, dots included (spark.conf.spark.sql.foo=1).
     tp: Any = Config
@@ -392,7 +475,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if nxt is None:
             nxt = node[p] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+            raise ConfigError(f"{origin} {item!r}: {p!r} is not a section")
         node = nxt
     node[parts[-1]] = value
 

@@ -84,7 +84,7 @@ class Warehouse:
     """A directory (or object-store prefix) of Delta tables, one per name in `schemas/`."""
 
     def __init__(self, spark: SparkSession | None, root: str, native: bool | None = None,
-                 settings: storage.StorageSettings | None = None) -> None:
+                 settings: storage.StorageSettings | None = None, checkpoint_interval: int = 10) -> None:
         """Without a session (`spark=None`) only the log-level methods work: exists, tables,
         version, committed, history, row_count, dataset. They are all delta-rs, so metadata
         commands answer without starting a JVM."""
@@ -95,6 +95,10 @@ class Warehouse:
             raise DeltaWriteError("native Delta was asked for, but this Spark session has no delta-spark "
                                   "(jars and spark.sql.extensions): run ./dev.sh setup, or pass --jars/--packages")
         self.native = available if native is None else native
+        # Delta's own default is 10 commits, delta-rs's 100: tables divspa creates say it explicitly.
+        self.checkpoint_interval = checkpoint_interval
+        if self.native:
+            spark.conf.set("spark.databricks.delta.properties.defaults.checkpointInterval", str(checkpoint_interval))
         self.settings = settings or storage.settings()
         self.options = self.settings.delta_options(self.root)
         self.fs, self._fs_root = self.settings.filesystem(self.root)
@@ -237,11 +241,20 @@ class Warehouse:
         guarded = _guard(schema, df, replace if mode == "replace" else None)
         started = time.monotonic()
         if self.native:
-            try:
-                result = self._write_native(schema, guarded, mode, replace, txn, metadata)
-            except Exception as exc:
-                raise DeltaWriteError(f"write to table {table} failed; the table is unchanged: "
-                                      f"{_first_line(exc)}") from exc
+            for attempt in range(1, NATIVE_ATTEMPTS + 1):
+                try:
+                    result = self._write_native(schema, guarded, mode, replace, txn, metadata)
+                    break
+                except Exception as exc:
+                    if attempt < NATIVE_ATTEMPTS and _is_commit_race(exc):
+                        # Another run committed first (two runs creating one table, a concurrent
+                        # metadata change): this write's partitions are its own, so write again.
+                        log.warning("%s: concurrent commit (%s); retrying the write (%d/%d)", table,
+                                    _first_line(exc)[:200], attempt, NATIVE_ATTEMPTS - 1)
+                        time.sleep(0.5 * attempt)
+                        continue
+                    raise DeltaWriteError(f"write to table {table} failed; the table is unchanged: "
+                                          f"{_first_line(exc)}") from exc
         else:
             result = self._write_embedded(schema, guarded, mode, replace, txn, metadata)
         log.info("%s: %s committed version %d (%d rows in %d files) in %.1fs", table, mode, result.version,
@@ -341,12 +354,19 @@ class Warehouse:
         arrow_schema = schema.arrow_with_docs  # a commit carrying a schema must keep the column comments
         partition_by = list(schema.partition_by)
         if not self.exists(schema.table):
-            create_table_with_add_actions(
-                path, DeltaSchema.from_arrow(schema.arrow_with_docs), adds, mode="error", partition_by=partition_by,
-                name=schema.table, description=schema.description, commit_properties=props,
-                storage_options=self.options,
-            )
-            return DeltaTable(path, storage_options=self.options).version()
+            try:
+                create_table_with_add_actions(
+                    path, DeltaSchema.from_arrow(schema.arrow_with_docs), adds, mode="error",
+                    partition_by=partition_by, name=schema.table, description=schema.description,
+                    commit_properties=props, storage_options=self.options,
+                    configuration={"delta.checkpointInterval": str(self.checkpoint_interval)},
+                )
+                return DeltaTable(path, storage_options=self.options).version()
+            except Exception:
+                if not self.exists(schema.table):
+                    raise
+                # Another run created the table between our check and our commit: commit into it.
+                log.info("%s: created concurrently by another writer; committing into it", schema.table)
         dtable = DeltaTable(path, storage_options=self.options)
         _check_schema_unchanged(schema, dtable)
         if mode == "append":
@@ -376,6 +396,50 @@ class Warehouse:
                 removed += 1
         return removed
 
+    def runs_on_disk(self, table: str) -> dict[str, int]:
+        """run_id -> newest file modification time (ms) of that run's rows in `table` (from the log)."""
+        out: dict[str, int] = {}
+        for a in pa.table(self._delta(table).get_add_actions(flatten=True)).to_pylist():
+            run, mtime = a.get("partition.run_id"), a.get("modification_time")
+            ms = int(mtime.timestamp() * 1000) if isinstance(mtime, dt.datetime) else int(mtime or 0)
+            if run is not None:
+                out[run] = max(out.get(run, 0), ms)
+        return out
+
+    def drop_runs(self, table: str, run_ids: list[str], checkpoint_interval: int | None = None) -> int:
+        """Remove every row of `run_ids` from `table` in one commit; returns the version (or the
+        current one when none was there). A partition delete: files are unlinked from the log,
+        not rewritten, and stay on disk for time travel until `vacuum`. delta-rs commits it in
+        both modes, so retention needs no JVM."""
+        present = sorted(set(run_ids) & set(self.runs_on_disk(table)))
+        dtable = self._delta(table)
+        if checkpoint_interval is not None:
+            self._set_checkpoint_interval(dtable, checkpoint_interval)
+        if not present:
+            return dtable.version()
+        predicate = "run_id IN (" + ", ".join(_sql_literal(r) for r in present) + ")"
+        try:
+            dtable.delete(predicate, commit_properties=CommitProperties(
+                custom_metadata={"divspa.mode": "gc", "divspa.dropped_runs": ",".join(present)}))
+        except Exception as exc:
+            raise DeltaWriteError(f"gc of table {table} failed; the table is unchanged: {_first_line(exc)}") from exc
+        dtable.update_incremental()
+        log.info("%s: dropped runs %s (version %d)", table, ", ".join(present), dtable.version())
+        return dtable.version()
+
+    @staticmethod
+    def _set_checkpoint_interval(dtable: DeltaTable, interval: int) -> None:
+        if dtable.metadata().configuration.get("delta.checkpointInterval") != str(interval):
+            dtable.alter.set_table_properties({"delta.checkpointInterval": str(interval)}, raise_if_not_exists=False)
+
+    def checkpoint(self, table: str) -> None:
+        """Write a Delta checkpoint now: readers then replay at most the commits after it."""
+        self._delta(table).create_checkpoint()
+
+    def compact(self, table: str) -> dict[str, Any]:
+        """Rewrite small files into larger ones (Delta OPTIMIZE; the old files go at vacuum)."""
+        return self._delta(table).optimize.compact()
+
     def vacuum(self, table: str, retention_hours: int = 168) -> list[str]:
         """Delete files no version within the retention window needs (delta-rs vacuum)."""
         return self._delta(table).vacuum(retention_hours=retention_hours, dry_run=False,
@@ -389,6 +453,16 @@ class Warehouse:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+
+
+NATIVE_ATTEMPTS = 4
+_RACES = ("ConcurrentAppend", "ConcurrentWrite", "ConcurrentDelete", "ConcurrentTransaction", "ProtocolChanged",
+          "MetadataChanged", "DELTA_CONCURRENT", "DELTA_PROTOCOL_CHANGED", "DELTA_METADATA_CHANGED")
+
+
+def _is_commit_race(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return any(r in text for r in _RACES)
 
 
 def _literal(value: Any) -> Any:

@@ -10,6 +10,10 @@ Exit codes of every `divspa` command:
     1  the work failed: bad input data, an unreachable store, a failed write, a stage's error,
        a refused SQL statement; tables are at their previous versions
     2  the command line or the configuration is wrong; nothing ran
+    3  the run completed but a quality gate failed: it is recorded, inspectable, and NOT
+       published (trainers reading the latest published run do not see it)
+    4  another process holds this run id (a retry overlapping a late run): nothing ran; the
+       message names the holder
 """
 
 from __future__ import annotations
@@ -61,3 +65,19 @@ class TrainingError(DivspaError, RuntimeError):
 
 class StageError(DivspaError, RuntimeError):
     """A pipeline stage failed; the message names the stage and the cause."""
+
+
+class NotPublished(DivspaError, RuntimeError):
+    """The run finished, but a quality gate failed (the message says which): not published."""
+
+    exit_code = 3
+
+
+class RunInProgress(DivspaError, RuntimeError):
+    """Another process is running the same run id on this output directory; nothing was done."""
+
+    exit_code = 4
+
+
+class NoPublishedRun(DivspaError, LookupError):
+    """The latest published run was asked for, but no run of the warehouse has been published."""

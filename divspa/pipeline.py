@@ -25,6 +25,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("export_student", ("user_embeddings", "item_embeddings", "neighbours"),
           "export the final student's user/item vectors and its i2i neighbours (the run's product)"),
     Stage("evaluate", ("metrics",), "HR/NDCG@K and diversity of every model; HTML report"),
+    Stage("publish", ("runs",), "check the quality gates; record the run, published or not, in the runs table",
+          always=True),
 )
 BY_NAME = {s.name: s for s in STAGES}
 

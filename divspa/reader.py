@@ -3,8 +3,8 @@
     from divspa.reader import DeltaIterableDataset
     ds = DeltaIterableDataset("divspa-output/warehouse/augmented_positives",
                               columns=["user_id", "aug_item_id", "weight"],
-                              filters={"run_id": "demo", "strategy": "i2i"}, batch_size=1024, shuffle_buffer=65536)
-    print(ds.version)  # the table version every epoch reads, pinned when the dataset is made
+                              filters={"strategy": "i2i"}, run="latest", batch_size=1024, shuffle_buffer=65536)
+    print(ds.run_id, ds.version)  # the latest published run, and the table version every epoch reads
     for batch in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=4): ...
 
 Rows stream file by file in Arrow record batches through a bounded shuffle buffer; memory does
@@ -154,9 +154,21 @@ class DeltaIterableDataset(IterableDataset):
     def __init__(self, table_uri: str, columns: list[str] | None = None, filters: dict[str, Any] | None = None,
                  version: int | None = None, batch_size: int = 1024, shuffle_buffer: int = 0, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None, as_arrow: bool = False,
-                 storage_options: dict[str, str] | None = None) -> None:
+                 storage_options: dict[str, str] | None = None, run: str | None = None) -> None:
+        """`run="latest"` reads only the latest published run (the warehouse's runs table, beside
+        the table, says which: divspa/runs.py), a run id only that run; `self.run_id` records it."""
         super().__init__()
         self.table_uri = table_uri
+        self.run_id = None
+        if run is not None:
+            if filters and "run_id" in filters:
+                raise ValueError("give the run as run=... or as filters={'run_id': ...}, not both")
+            from divspa import runs, storage
+
+            runs_uri = storage.join(storage.parent(table_uri.rstrip("/")), runs.TABLE)
+            self.run_id = runs.resolve_run(runs.records_at(runs_uri, storage_options) if run == "latest" else [],
+                                           run, runs_uri)
+            filters = {**(filters or {}), "run_id": self.run_id}
         # The snapshot's file list is resolved here, in the parent: delta-rs cannot be used after
         # fork() (DataLoader workers), so workers read exactly these files with plain pyarrow.
         self.snapshot = Snapshot.load(table_uri, version, storage_options)

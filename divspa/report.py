@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 from pathlib import Path
 
 from pyspark.sql import functions as F
@@ -111,12 +112,33 @@ def _fmt(v: float | None) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 or float(v).is_integer() else f"{v:.4f}"
 
 
+def _gates(ctx: RunContext, evaluated_at: dt.datetime | None) -> str:
+    """The run's publishing verdict, first thing on the page (divspa/runs.py)."""
+    from divspa import runs
+
+    rec = runs.record(ctx.warehouse, ctx.run_id)
+    if rec is None or (evaluated_at is not None and rec["recorded_at"] < evaluated_at):
+        return ('<p class="gate">Quality gates: not checked yet for these figures (stage publish runs after '
+                "evaluate).</p>")
+    colour = {"published": "#2e7d32", "gated": "#c62828", "failed": "#c62828"}.get(rec["outcome"], "#333")
+    head = (f'<p class="gate" style="border-left:6px solid {colour};padding-left:8px"><b>{html.escape(rec["outcome"].upper())}'
+            f"</b>" + (f": {html.escape(rec['reason'])}" if rec["reason"] else
+                       ": every gate passed; trainers reading the latest published run read this one") + "</p>")
+    gates = json.loads(rec["gates"]) if rec["gates"] else []
+    return head + (_table(["gate", "passed", "value", "threshold", "detail"],
+                          [[g["name"], "yes" if g["passed"] else "NO", _fmt(g["value"]), g["threshold"], g["detail"]]
+                           for g in gates]) if gates else "")
+
+
 def write_report(ctx: RunContext) -> Path:
     metrics = [r.asDict() for r in ctx.read("metrics").collect()]  # one run's figures: a few hundred rows
     ev = [m for m in metrics if m["stage"] == "evaluate"]
     models = list(dict.fromkeys(m["model"] for m in ev))
     get = {(m["model"], m["metric"], m["k"]): m["value"] for m in ev}
-    sections: list[str] = []
+    evaluated_at = max((m["created_at"] for m in ev), default=None)
+    if evaluated_at is not None and evaluated_at.tzinfo is None:  # Spark hands back local naive times
+        evaluated_at = evaluated_at.astimezone(dt.UTC)
+    sections: list[str] = [_gates(ctx, evaluated_at)]
 
     ks = sorted({m["k"] for m in ev if m["metric"] == "hr"})
     acc_rows = [[mod, *[_fmt(get.get((mod, met, k))) for met in ("hr", "ndcg") for k in ks]] for mod in models]

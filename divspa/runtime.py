@@ -11,8 +11,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -26,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from divspa import storage
 from divspa.config import Config, dump_config
 from divspa.delta import Txn, Warehouse, WriteResult
-from divspa.errors import StageError
+from divspa.errors import RunInProgress, StageError
 from divspa.schemas import load_schema
 from divspa.spark import get_spark
 
@@ -88,17 +90,107 @@ def discard_log_copy() -> None:
 
 
 def close_log() -> None:
-    """End this command's log: copy it where it belongs, close the file (and remove a local copy)."""
+    """End this command's log: copy it where it belongs, close the file (and remove a local copy).
+    The stderr handler goes too: a caller running several commands in one process (a notebook,
+    a test) may have swapped sys.stderr since, and the next command installs its own."""
     flush_log()
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler) and getattr(handler, "_divspa", False):
+        if getattr(handler, "_divspa", False):
             root.removeHandler(handler)
             handler.close()
     discard_log_copy()  # copied above: the local file has served its purpose
 
 
 atexit.register(flush_log)
+
+
+class RunLock:
+    """One writing process per run id and output directory.
+
+    Two runs with different ids share a warehouse safely (each replaces only its own partitions;
+    Delta's optimistic commits order them). Two processes with the *same* id would interleave
+    replacements of the same partitions, so the second refuses to start (RunInProgress, exit 4)
+    and names the holder. Locally the lock file is created atomically (O_EXCL) and a holder on
+    this host that died is detected by its pid; on an object store it is checked then written
+    (not atomic: the scheduler's own one-instance-per-job setting is the guard there).
+    """
+
+    def __init__(self, path: str, holder: dict[str, Any]) -> None:
+        self.path, self.holder = path, holder
+        self._held = False
+
+    @classmethod
+    def acquire(cls, cfg: Config, command: str) -> RunLock:
+        path = storage.join(cfg.run_dir, "_lock.json")
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+              "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        lock = cls(path, me)
+        for _ in range(2):  # a second try after removing a dead holder's lock
+            if lock._try_create(json.dumps(me)):
+                lock._held = True
+                atexit.register(lock.release)
+                return lock
+            holder = lock._holder()
+            if holder is not None and (holder.get("pid"), holder.get("host")) == (me["pid"], me["host"]):
+                return lock  # this process holds it already (a notebook, a test session): re-entrant
+            if holder is not None and not _alive(holder):
+                log.warning("run %s: removing the lock of process %s, which is no longer running", cfg.run_id,
+                            holder.get("pid"))
+                lock._remove()
+                continue
+            raise RunInProgress(
+                f"run {cfg.run_id} is already in progress under {cfg.output_dir} "
+                f"(pid {holder.get('pid') if holder else '?'} on {holder.get('host') if holder else '?'}, "
+                f"`divspa {holder.get('command') if holder else '?'}` since {holder.get('started') if holder else '?'}); "
+                f"nothing was done. If that process is gone, remove {path}")
+        raise RunInProgress(f"run {cfg.run_id}: could not take the lock {path}")
+
+    def _try_create(self, text: str) -> bool:
+        if storage.is_local(self.path):
+            local = storage.resolve(self.path)
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            try:
+                fd = os.open(local, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            return True
+        store = storage.settings()
+        if store.is_file(self.path):
+            return False
+        store.write_text(self.path, text)
+        return True
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(storage.settings().read_text(self.path))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _remove(self) -> None:
+        fs, path = storage.settings().filesystem(self.path)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            fs.delete_file(path)
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._remove()
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """False only when the holder ran on this host and its pid is gone (else: assume alive)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True
 
 
 def connect(cfg: Config, spark: SparkSession | None = None) -> tuple[SparkSession, Warehouse]:
@@ -113,7 +205,7 @@ def connect(cfg: Config, spark: SparkSession | None = None) -> tuple[SparkSessio
             hadoop.set(key.removeprefix("spark.hadoop."), value)
     storage.configure({**conf, **cfg.spark.conf}, cfg.run.storage_options)
     native = None if cfg.spark.delta == "auto" else cfg.spark.delta == "native"
-    return spark, Warehouse(spark, cfg.warehouse, native=native)
+    return spark, Warehouse(spark, cfg.warehouse, native=native, checkpoint_interval=cfg.run.checkpoint_interval)
 
 
 @dataclass
@@ -123,6 +215,7 @@ class RunContext:
     warehouse: Warehouse
     force: bool = False
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lock: RunLock | None = None
 
     @property
     def run_id(self) -> str:
@@ -134,6 +227,8 @@ class RunContext:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         run_dir = cfg.run_dir
         setup_logging(cfg.run.log_level, storage.join(run_dir, f"{stamp}-{command}.log"))
+        # A local run directory is locked before the JVM starts, so a duplicate refuses in a second.
+        lock = RunLock.acquire(cfg, command) if storage.is_local(run_dir) else None
         # Storage settings come from the session's Spark settings: start it before any write.
         spark, warehouse = connect(cfg, spark)
         store = storage.settings()
@@ -143,11 +238,17 @@ class RunContext:
             except storage.StorageError:
                 discard_log_copy()  # the log cannot go where nothing can be written: say it once
                 raise
+        lock = lock or RunLock.acquire(cfg, command)
         resolved = dump_config(cfg)
         store.write_text(storage.join(run_dir, f"{stamp}-{command}.config.yaml"), resolved)
         log.info("divspa %s, run %s, output %s, delta %s; resolved config:\n%s", command, cfg.run_id,
                  cfg.output_dir, warehouse.mode, resolved)
-        return cls(cfg=cfg, spark=spark, warehouse=warehouse, force=force)
+        return cls(cfg=cfg, spark=spark, warehouse=warehouse, force=force, lock=lock)
+
+    def close(self) -> None:
+        """Let another process take this run id (also done at exit)."""
+        if self.lock is not None:
+            self.lock.release()
 
     # --- stage outputs -------------------------------------------------------------------------
 

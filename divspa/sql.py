@@ -62,12 +62,15 @@ def check_read_only(spark: SparkSession, query: str) -> None:
                                 "(use the pipeline's stages to write)")
 
 
-def register_tables(wh: Any) -> list[str]:
-    """Make every table of the warehouse queryable by its name."""
+def register_tables(wh: Any, run_id: str | None = None) -> list[str]:
+    """Make every table of the warehouse queryable by its name; with `run_id`, as views of that
+    run's rows only (the runs table stays whole: it is the index of runs)."""
     names = wh.tables()
     catalog_ok = spark_catalog_is_in_memory(wh.spark)
     for name in names:
-        if wh.native and catalog_ok:
+        if run_id is not None and name != "runs":
+            wh.read(name, where={"run_id": run_id}).createOrReplaceTempView(name)
+        elif wh.native and catalog_ok:
             # An external table over the existing Delta location: registering commits nothing.
             location = wh._spark_uri(name).replace("'", "\\'")
             wh.spark.catalog.dropTempView(name)

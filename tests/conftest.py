@@ -55,7 +55,7 @@ def ml100k_path() -> Path:
 
 SMALL_PIPELINE = ["synthetic.num_users=400", "synthetic.num_items=150", "synthetic.mean_clicks_per_user=15",
                   "synthetic.partitions=2", "spark.master=local[2]", "spark.shuffle_partitions=4", "train.epochs=2",
-                  "train.num_negatives=50", "train.batch_size=128", "model.history_len=5", "eval.ks=[10,20]",
+                  "train.num_negatives=50", "train.batch_size=128", "model.history_len=5", "eval.ks=[10,20]", "publish.k=20",
                   "retrieve.k=20", "retrieve.k_users=5", "augment.k=10"]
 
 

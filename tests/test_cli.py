@@ -14,10 +14,11 @@ from divspa.delta import Warehouse
 TINY = ["synthetic.num_users=300", "synthetic.num_items=120", "synthetic.mean_clicks_per_user=12",
         "synthetic.partitions=2", "spark.master=local[2]", "spark.shuffle_partitions=4", "train.epochs=2",
         "train.num_negatives=30", "model.history_len=5", "retrieve.k=20", "retrieve.k_users=5", "augment.k=10",
-        "eval.ks=[10,20]", "eval.diversity_ks=[20,50]"]
+        "eval.ks=[10,20]", "eval.diversity_ks=[20,50]", "publish.k=20",
+        "publish.max_divspa_drop=0.5"]  # two epochs on 300 users: the student may trail by ~10 %
 ALL_TABLES = {"clicks", "clicks_quarantine", "user_features", "item_features", "split_clicks", "train_examples",
               "user_histories", "metrics", "user_embeddings", "item_embeddings", "neighbours", "augmented_positives",
-              "divspa_examples"}
+              "divspa_examples", "runs"}
 
 
 def args(tmp_path, *extra: str) -> list[str]:
@@ -45,6 +46,7 @@ def test_full_pipeline_is_resumable_and_idempotent(spark, tmp_path, capsys):
     assert all(first[t] == v + (t in student_tables) for t, v in partial.items() if t != "metrics")
     out = capsys.readouterr().out
     assert "train_divspa" in out and "divspa-1" in out and "base" in out and "popularity" in out
+    assert "run r1: published" in out
     assert "report:" in out and (tmp_path / "runs" / "r1" / "report.html").is_file()
     page = (tmp_path / "runs" / "r1" / "report.html").read_text()
     frontier = page[page.index("Accuracy vs diversity"):]
@@ -132,10 +134,11 @@ sys.exit(rc)
 
 
 def test_metadata_commands_need_no_jvm_and_no_torch(trained):
-    """--help, tables and history answer from the Delta logs (delta-rs) in a second or two."""
+    """--help, tables, history, runs and gc answer from the Delta logs (delta-rs) in a second or two."""
     where = ["--conf", "conf/default.yaml", "--run-id", "b1", "--set", f"run.output_dir={trained.cfg.run.output_dir}"]
     for argv, expect in ((["tables", *where], "train_examples"), (["history", "clicks", *where], "divspa.stage"),
-                         (["--help"], "export_student")):
+                         (["--help"], "export_student"), (["runs", *where], "no run recorded"),
+                         (["gc", "--keep", "5", "--dry-run", *where], "would drop 0 runs")):
         res = subprocess.run([sys.executable, "-c", _NO_JVM_NO_TORCH, *argv], capture_output=True, text=True)
         assert res.returncode == 0 and expect in res.stdout, res.stdout + res.stderr
     res = subprocess.run([sys.executable, "-c", _NO_JVM_NO_TORCH, "history", "nope", *where], capture_output=True,

@@ -112,3 +112,37 @@ def test_default_run_id_is_read_once(monkeypatch):
     cfg = load_config(None)
     assert cfg.run_id == "2026-11-22" and cfg.run_id == "2026-11-22"  # the clock was read once
     assert cfg.run_dir.endswith("/runs/2026-11-22") and cfg.model_dir.endswith("/models/2026-11-22")
+
+
+def test_environment_overrides_sit_between_yaml_and_set(tmp_path, monkeypatch):
+    p = write(tmp_path, "run:\n  output_dir: from-yaml\n  keep_runs: 3\n")
+    monkeypatch.setenv("DIVSPA__RUN__OUTPUT_DIR", "from-env")
+    monkeypatch.setenv("DIVSPA__SPARK__CONF__spark.sql.shuffle.partitions", "64")
+    monkeypatch.setenv("DIVSPA_JARS", "/not/a/config/key")  # one underscore: not an override
+    cfg = load_config(p)
+    assert cfg.run.output_dir == "from-env" and cfg.run.keep_runs == 3
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "64"}  # a map key keeps its spelling
+    assert load_config(p, ["run.output_dir=from-set"]).run.output_dir == "from-set"
+    monkeypatch.setenv("DIVSPA__RUN__KEEP_RUNS", "zero")
+    with pytest.raises(ConfigError, match=r"run\.keep_runs = 'zero' has the wrong type"):
+        load_config(p)
+
+
+def test_environment_references_in_yaml(tmp_path, monkeypatch):
+    monkeypatch.setenv("S3_SECRET", "s3cr3t")
+    p = write(tmp_path, "spark:\n  conf:\n    spark.hadoop.fs.s3a.secret.key: ${S3_SECRET}\n"
+                        "run:\n  output_dir: ${OUT_ROOT:-/data}/divspa\n")
+    cfg = load_config(p)
+    assert cfg.spark.conf["spark.hadoop.fs.s3a.secret.key"] == "s3cr3t" and cfg.run.output_dir == "/data/divspa"
+    assert "s3cr3t" not in dump_config(cfg)  # the saved config masks it
+    monkeypatch.delenv("S3_SECRET")
+    with pytest.raises(ConfigError, match=r"spark\.conf\.spark\.hadoop\.fs\.s3a\.secret\.key refers to \$\{S3_SECRET\}"):
+        load_config(p)
+
+
+def test_publish_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"publish\.k = 30 is not one of eval\.ks"):
+        load_config(None, ["publish.k=30"])
+    with pytest.raises(ConfigError, match=r"augmented_rows_range = \[2\.0, 1\.0\]"):
+        load_config(None, ["publish.augmented_rows_range=[2, 1]"])
+    assert load_config(None, ["publish.max_divspa_drop=null"]).publish.max_divspa_drop is None

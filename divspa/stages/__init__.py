@@ -26,6 +26,8 @@ class Stage:
     # The module's artifacts(ctx) lists files besides tables (a checkpoint) the stage must have
     # produced for it to count as done.
     artifacts: bool = False
+    # Never skipped: the stage is cheap and judges inputs that may have been redone (publish).
+    always: bool = False
 
     @property
     def module(self) -> ModuleType:
@@ -35,5 +37,7 @@ class Stage:
         return self.module.run(ctx)
 
     def done(self, ctx: RunContext) -> bool:
+        if self.always:
+            return False
         files = self.module.artifacts(ctx) if self.artifacts else []
         return ctx.stage_done(self.name, list(self.outputs)) and all(storage.settings().is_file(f) for f in files)
