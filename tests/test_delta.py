@@ -12,8 +12,9 @@ from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from divspa.delta import STAGING_DIR, DeltaWriteError, Txn
+from divspa.delta import STAGING_DIR, DeltaWriteError, Txn, Warehouse
 from divspa.schemas import SchemaError, load_schema, table_names
+from tests.conftest import require_native
 
 
 def clicks_df(spark, run_id: str, n: int = 200, offset: int = 0, partitions: int = 2):
@@ -206,3 +207,17 @@ def test_jar_pom_matches_the_pip_packages():
     group, artifact, version = delta_artifact().split(":")
     assert group == "io.delta" and artifact in deps
     assert deps[artifact].replace("${delta.version}", props["delta.version"]) == version
+
+
+@pytest.mark.parametrize("mode", ["native", "embedded"])
+def test_tables_checkpoint_every_few_commits(spark, tmp_path, mode):
+    """Readers replay at most `checkpoint_interval` commits (delta-rs alone would wait 100)."""
+    if mode == "native":
+        require_native()
+    wh = Warehouse(spark, str(tmp_path / "warehouse"), native=mode == "native", checkpoint_interval=3)
+    for i in range(4):
+        wh.write("clicks", clicks_df(spark, f"r{i}", n=20, partitions=1))
+    log_dir = tmp_path / "warehouse" / "clicks" / "_delta_log"
+    # delta-spark checkpoints at version 3, delta-rs after the third commit (version 2)
+    assert list(log_dir.glob("*.checkpoint.parquet")), sorted(p.name for p in log_dir.iterdir())
+    Warehouse(spark, str(tmp_path / "other"))  # the session's default back to the usual interval

@@ -182,7 +182,15 @@ def test_gc_keeps_the_newest_runs_and_the_latest_published(spark, tmp_path, caps
     assert {r["run_id"] for r in runs.records(wh)} == set(ids)
     assert list((tmp_path / "warehouse" / "augmented_positives" / "_delta_log").glob("*.checkpoint.parquet"))
 
-    # keep_runs in the config does the same at the end of a run; no setting, no --keep: a clear error.
+    # A newer good run: now exactly N remain, and compaction (OPTIMIZE) loses no row.
+    assert _publish(spark, tmp_path, "day6", base=0.3, student=0.3, augmented=5) == 0
+    kept_rows = {r: wh.row_count("augmented_positives", where={"run_id": r}) for r in ("day5", "day6")}
+    assert main(["gc", "--keep", str(keep), "--set", "run.compact=true", *common]) == 0
+    assert set(wh.runs_on_disk("augmented_positives")) == {"day5", "day6"}
+    assert {r: wh.row_count("augmented_positives", where={"run_id": r}) for r in kept_rows} == kept_rows
+    assert wh.read("augmented_positives").count() == sum(kept_rows.values())
+
+    # No run.keep_runs and no --keep: a clear error, nothing touched.
     assert main(["gc", *common]) == 2
     assert "pass --keep N" in capsys.readouterr().err
 
