@@ -235,6 +235,11 @@ class RetrieveConfig:
     shards: int = _opt(0, ge=0)  # force this many shards (0 = only when over broadcast_max_mb)
     query_batch: int = _opt(4096, ge=1)  # queries a task searches at a time (broadcast corpus): bounds its memory
     partitions: int = _opt(0, ge=0)  # query partitions; 0 = the input's
+    # With an approximate index (ivf, hnsw): this many hash-sampled queries per list are searched
+    # exactly too, and recall@k of the written lists goes to `metrics` (stage retrieve, metric
+    # ann_recall); a warning below min_recall. 0 = no check. flat is exact and never checked.
+    recall_sample: int = _opt(1000, ge=0)
+    min_recall: float = _opt(0.95, ge=0, le=1)
 
 
 @dataclass

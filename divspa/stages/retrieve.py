@@ -7,6 +7,7 @@ u2u: every user against the users, minus itself (k_users neighbours).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -16,6 +17,7 @@ from pyspark.sql import functions as F
 
 from divspa import storage
 from divspa.augment import excluded_clicks
+from divspa.config import RetrieveConfig
 from divspa.retrieval.spark_knn import knn, prepare_corpus
 from divspa.runtime import RunContext
 from divspa.schemas import load_schema
@@ -30,11 +32,17 @@ def embeddings(ctx: RunContext, table: str, id_col: str, version: str) -> DataFr
     return df.select(F.col(id_col).alias("id"), "vector")
 
 
-def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str]) -> DataFrame:
+# strategy -> (queries, corpus (id, vector), k): what was searched, for the recall check
+Searches = dict[str, tuple[DataFrame, DataFrame, int]]
+
+
+def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str],
+               searches: Searches | None = None) -> DataFrame:
     rcfg, seed = ctx.cfg.retrieve, ctx.cfg.run.seed
     users = embeddings(ctx, "user_embeddings", "user_id", version)
     items = embeddings(ctx, "item_embeddings", "item_id", version)
     parts: list[DataFrame] = []
+    searches = {} if searches is None else searches
     if {"u2i", "i2i"} & set(strategies):
         item_corpus = prepare_corpus(items, rcfg, scratch, "items", seed, storage.settings())
     if "u2i" in strategies:
@@ -44,15 +52,18 @@ def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str]
             F.col("id").alias("query_id"), "vector",
             F.coalesce("exclude", F.array().cast("array<bigint>")).alias("exclude"))
         parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("u2i")))
+        searches["u2i"] = (q, items, rcfg.k)
     if "i2i" in strategies:
         positives = ctx.read("train_examples").select(F.col("item_id").alias("id")).distinct()
         q = items.join(positives, "id", "left_semi").select(
             F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
         parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("i2i")))
+        searches["i2i"] = (q, items, rcfg.k)
     if "u2u" in strategies:
         user_corpus = prepare_corpus(users, rcfg, scratch, "users", seed, storage.settings())
         q = users.select(F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
         parts.append(knn(q, user_corpus, rcfg.k_users, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("u2u")))
+        searches["u2u"] = (q, users, rcfg.k_users)
     if not parts:  # every strategy ablated: an empty neighbour list for this teacher
         return ctx.spark.createDataFrame([], load_schema("neighbours").spark)
     out = parts[0]
@@ -60,6 +71,45 @@ def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str]
         out = out.unionByName(p)
     return out.select("strategy", "query_id", "rank", "neighbour_id", "score",
                       F.lit(version).alias("model_version"), F.lit(ctx.run_id).alias("run_id"))
+
+
+def recall(ctx: RunContext, version: str, searches: Searches, scratch: str) -> dict[str, float]:
+    """recall@k of the written approximate lists against exact search, per list, on the same
+    `retrieve.recall_sample` queries whoever runs it (the smallest hashes of (seed, query id)).
+
+    What an IVF or HNSW setting loses depends on the vectors (their clustering, the corpus size),
+    so it is measured on every run's own, not once on a benchmark's."""
+    rcfg, seed = ctx.cfg.retrieve, ctx.cfg.run.seed
+    if rcfg.index == "flat" or not rcfg.recall_sample:
+        return {}
+    written = ctx.read("neighbours").where(F.col("model_version") == version)
+    out = {}
+    for strategy, (queries, corpus, k) in sorted(searches.items()):
+        approx = written.where(F.col("strategy") == strategy)
+        out[strategy], n = ann_recall(queries, corpus, approx, k, rcfg, seed, storage.join(scratch, f"{strategy}-exact"))
+        level = logging.WARNING if out[strategy] < rcfg.min_recall else logging.INFO
+        log.log(level, "%s: %s recall@%d %.4f against exact search on %d sampled queries%s", version, strategy, k,
+                out[strategy], n, f" (below retrieve.min_recall {rcfg.min_recall}: raise ivf_nprobe / "
+                "hnsw_ef_search, or use index: flat)" if level == logging.WARNING else "")
+    ks = {s: k for s, (_, _, k) in searches.items()}
+    ctx.write_metrics(NAME, [(s, "ann_recall", ks[s], v) for s, v in out.items()])
+    return out
+
+
+def ann_recall(queries: DataFrame, corpus: DataFrame, approx: DataFrame, k: int, rcfg: RetrieveConfig, seed: int,
+               scratch: str) -> tuple[float, int]:
+    """(mean recall@k, queries checked): `approx` (query_id, neighbour_id) against an exact search
+    of `corpus` for the `rcfg.recall_sample` queries with the smallest hash of (seed, query id)."""
+    sample = queries.orderBy(F.xxhash64(F.lit(seed), "query_id"), "query_id").limit(rcfg.recall_sample)
+    exact_corpus = prepare_corpus(corpus, dataclasses.replace(rcfg, index="flat", shards=0), scratch, "exact", seed,
+                                  storage.settings())
+    exact = knn(sample, exact_corpus, k, 0, rcfg.query_batch).groupBy("query_id").agg(
+        F.collect_set("neighbour_id").alias("e"))
+    found = approx.groupBy("query_id").agg(F.collect_set("neighbour_id").alias("a"))
+    per_query = exact.join(found, "query_id", "left").select(
+        (F.size(F.array_intersect("e", F.coalesce("a", F.array().cast("array<bigint>")))) / F.size("e")).alias("r"))
+    row = per_query.agg(F.avg("r").alias("recall"), F.count(F.lit(1)).alias("n")).first()
+    return float(row["recall"] if row["recall"] is not None else 1.0), int(row["n"])
 
 
 def needed_lists(augment_strategies: list[str]) -> set[str]:
@@ -71,15 +121,18 @@ def retrieve(ctx: RunContext, stage: str, version: str, strategies: set[str] | N
     """`version`'s neighbour lists into `neighbours` (default: those augment.strategies needs)."""
     wanted = needed_lists(ctx.cfg.augment.strategies) if strategies is None else strategies
     scratch = storage.join(ctx.cfg.output_dir, "scratch", ctx.run_id, f"{stage}-{uuid.uuid4().hex[:8]}")
+    searches: Searches = {}
     try:
-        result = ctx.write(stage, "neighbours", neighbours(ctx, version, scratch, wanted),
+        result = ctx.write(stage, "neighbours", neighbours(ctx, version, scratch, wanted, searches),
                            partition={"model_version": version},
                            metadata={"divspa.model": version})
+        recalls = recall(ctx, version, searches, scratch) if stage == NAME else {}
     finally:
         storage.settings().delete_dir(scratch)
     counts = {r["strategy"]: r["count"] for r in ctx.read("neighbours").where(F.col("model_version") == version)
               .groupBy("strategy").count().collect()}
-    return {"model_version": version, "rows": result.rows, **{f"{k}_rows": v for k, v in sorted(counts.items())}}
+    return {"model_version": version, "rows": result.rows, **{f"{k}_rows": v for k, v in sorted(counts.items())},
+            **{f"{k}_recall": round(v, 4) for k, v in recalls.items()}}
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
