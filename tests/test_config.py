@@ -146,3 +146,10 @@ def test_publish_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"augmented_rows_range = \[2\.0, 1\.0\]"):
         load_config(None, ["publish.augmented_rows_range=[2, 1]"])
     assert load_config(None, ["publish.max_divspa_drop=null"]).publish.max_divspa_drop is None
+
+
+def test_sparse_embeddings_refuse_what_they_cannot_do():
+    with pytest.raises(ConfigError, match="weight_decay"):
+        load_config(None, ["train.sparse_embeddings=true", "train.weight_decay=0.01"])
+    with pytest.raises(ConfigError, match=r"processes > 1"):
+        load_config(None, ["train.sparse_embeddings=true", "train.processes=2"])

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
-from divspa.config import Config
+from divspa.config import Config, TrainConfig
 from divspa.models.checkpoint import ModelBundle
 from divspa.models.data import encode_examples, encode_users
 from divspa.models.loss import NegativeSampler, sampled_softmax_loss
@@ -85,6 +85,42 @@ class Progress:
             sys.stderr.write("\n")
 
 
+class Optimizers:
+    """Several optimisers stepped as one (dense Adam beside SparseAdam for the embeddings)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+
+def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer | Optimizers:
+    """Adam over every parameter; with `train.sparse_embeddings`, the embedding tables get sparse
+    gradients and SparseAdam (lazy Adam: only the rows a batch touched move).
+
+    Why: dense gradients make every step zero, fill and Adam-update every row of every table, so
+    a step's cost grows with the vocabulary (at 420k items, ~350 ms of a step went to that, against
+    ~10 ms with sparse rows: benchmarks/vocabulary.py). Off by default: lazy Adam is not Adam (rows
+    a batch skips keep their moments), so trained models differ from the dense path's."""
+    if not tcfg.sparse_embeddings:
+        return torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    for m in tables:
+        m.sparse = True
+    sparse_ids = {id(m.weight) for m in tables}
+    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+    opts: list[torch.optim.Optimizer] = [torch.optim.SparseAdam([m.weight for m in tables], lr=tcfg.lr)]
+    if dense:
+        opts.append(torch.optim.Adam(dense, lr=tcfg.lr, weight_decay=tcfg.weight_decay))
+    return Optimizers(*opts)
+
+
 class Trainer:
     columns = ["user_id", "item_id", "history", "user_features"]
 
@@ -106,7 +142,7 @@ class Trainer:
                                                        or self.tcfg.in_batch_negatives)
         counts = torch.cat([torch.zeros(1), bundle.item_counts.to(torch.float64).clamp_min(0)])
         self.popularity = counts / counts.sum().clamp_min(1.0)  # how often an item is a batch positive
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay)
+        self.optimizer = make_optimizer(self.model, self.tcfg)
         run = pads.field("run_id") == run_id
         for key, value in (where or {}).items():
             run = run & (pads.field(key) == value)

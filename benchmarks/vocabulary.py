@@ -1,0 +1,76 @@
+"""A training step's cost against the item vocabulary, dense vs sparse embedding gradients (issue 18).
+
+    .venv/bin/python benchmarks/vocabulary.py                              # YoutubeDNN, 10k..420k items
+    .venv/bin/python benchmarks/vocabulary.py --arch deepfm --items 10000,420000 --threads 2
+
+One step is what `Trainer.batch_loss` does per batch at the paper's settings (batch 256, 200
+shared negatives, 20 history items, embedding 32): towers forward, sampled softmax, backward, the
+optimiser from `divspa.models.trainer.make_optimizer`. Random indices stand in for a batch (the
+cost does not depend on which items). With dense gradients every step touches every row of
+every table; with `train.sparse_embeddings` only the rows in the batch. Prints ms per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from divspa.config import load_config  # noqa: E402
+from divspa.models.layers import UserInputs  # noqa: E402
+from divspa.models.loss import sampled_softmax_loss  # noqa: E402
+from divspa.models.towers import TwoTower  # noqa: E402
+from divspa.models.trainer import make_optimizer  # noqa: E402
+
+
+def step_ms(items: int, sparse: bool, arch: str, steps: int, seed: int = 0) -> float:
+    cfg = load_config(None, [f"model.arch={arch}", f"train.sparse_embeddings={str(sparse).lower()}"])
+    m, t = cfg.model, cfg.train
+    g = torch.Generator().manual_seed(seed)
+    user_tokens, item_tokens_n = 200, 30
+    item_tokens = torch.randint(0, item_tokens_n + 1, (items + 1, 3), generator=g)
+    model = TwoTower(items, user_tokens, item_tokens_n, item_tokens, emb_dim=m.embedding_dim, hidden=m.hidden_dims,
+                     out_dim=m.output_dim, omega=m.omega, arch=arch, heads=m.attention_heads,
+                     layers=m.attention_layers)  # as divspa.models.checkpoint.build_model builds it
+    opt = make_optimizer(model, t)
+    times = []
+    for i in range(steps + 3):
+        users = UserInputs(torch.randint(1, user_tokens + 1, (t.batch_size, 4), generator=g),
+                           torch.randint(0, items + 1, (t.batch_size, m.history_len), generator=g))
+        pos_idx = torch.randint(1, items + 1, (t.batch_size,), generator=g)
+        neg_idx = torch.randint(1, items + 1, (t.num_negatives,), generator=g)
+        start = time.perf_counter()
+        vecs = model.item_vectors(torch.cat([pos_idx, neg_idx]))
+        loss = sampled_softmax_loss(model.user_vectors(users), vecs[:t.batch_size], vecs[t.batch_size:], pos_idx,
+                                    neg_idx, model.omega).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 3:  # warm-up
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", default="10000,100000,420000", help="vocabulary sizes (Video: 420,000 items)")
+    ap.add_argument("--arch", default="youtubednn")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# {args.arch}, {args.threads} thread(s), median ms per step over {args.steps} steps")
+    print(f"{'items':>9} {'dense':>9} {'sparse':>9} {'speed-up':>9}")
+    for n in (int(x) for x in args.items.split(",")):
+        dense, sparse = step_ms(n, False, args.arch, args.steps), step_ms(n, True, args.arch, args.steps)
+        print(f"{n:>9,} {dense:>9.1f} {sparse:>9.1f} {dense / sparse:>8.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
