@@ -188,6 +188,12 @@ def write_report(ctx: RunContext) -> Path:
             labels = [f"{lo + (hi - lo) * (i + 0.5) / BINS:.2f}" for i in range(BINS)]
             sections.append(_bars(f"{col} distribution (rows per bin)", labels, hist, "{:,.0f}"))
 
+    recall = [m for m in metrics if m["stage"] == "retrieve" and m["metric"] == "ann_recall"]
+    if recall:
+        sections.append(f"<h2>Approximate retrieval ({html.escape(ctx.cfg.retrieve.index)}): recall against exact "
+                        "search</h2>" + _table(["list", "k", "recall@k"], [[m["model"], str(m["k"]), _fmt(m["value"])]
+                                                                          for m in sorted(recall, key=lambda m: m["model"])]))
+
     train = [m for m in metrics if m["stage"] == "train_base" or m["stage"].endswith(".train")]
     tget = {(m["model"], m["metric"]): m["value"] for m in train}
     tmodels = list(dict.fromkeys(m["model"] for m in train))

@@ -173,3 +173,7 @@ def test_retrieve_writes_recall_to_metrics(trained, tmp_path):
     rows = ctx.read("metrics").where("stage = 'retrieve' AND metric = 'ann_recall'").collect()
     assert {r["model"]: (r["k"], r["value"]) for r in rows} == {"i2i": (20, 1.0), "u2i": (20, 1.0), "u2u": (5, 1.0)}
     assert info["u2u_recall"] == 1.0
+    from divspa.report import write_report
+
+    page = open(write_report(ctx)).read()
+    assert "recall against exact search" in page and "<td>u2u</td><td>5</td><td>1</td>" in page
