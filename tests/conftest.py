@@ -70,6 +70,7 @@ def trained(spark, tmp_path_factory):
     ctx = RunContext.start(cfg, "test", spark=spark)
     for name in ("ingest", "split", "prepare", "train_base", "export"):
         run_stage(ctx, BY_NAME[name])
+    ctx.close()  # copies of this output (cluster tests) are run by other processes, which would see it held
     return ctx
 
 

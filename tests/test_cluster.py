@@ -53,7 +53,8 @@ def cluster(tmp_path_factory):
 def teacher_snapshot(trained, tmp_path_factory) -> Path:
     """The shared small run's output (tables and checkpoints through export), copied once."""
     dest = tmp_path_factory.mktemp("snapshot") / "out"
-    shutil.copytree(trained.cfg.run.output_dir, dest)
+    # Without run locks: the drivers spark-submit starts are other processes (divspa.runtime.RunLock).
+    shutil.copytree(trained.cfg.run.output_dir, dest, ignore=shutil.ignore_patterns("_lock.json"))
     return dest
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -175,5 +177,5 @@ def test_retrieve_writes_recall_to_metrics(trained, tmp_path):
     assert info["u2u_recall"] == 1.0
     from divspa.report import write_report
 
-    page = open(write_report(ctx)).read()
+    page = Path(write_report(ctx)).read_text()
     assert "recall against exact search" in page and "<td>u2u</td><td>5</td><td>1</td>" in page
