@@ -251,7 +251,7 @@ def _runs(wh: Warehouse) -> int:
     if not rows:
         print(f"no run recorded under {wh.root} (runs are recorded by stage publish)")
         return 0
-    latest = runs.latest_published(wh)
+    latest = runs.latest_of(rows)
     print(f"{'run_id':<22} {'outcome':<10} {'recorded (UTC)':<20} {'metric':<7} {'popular':>8} {'base':>8} "
           f"{'divspa':>8} {'augmented':>11}  reason")
     for r in rows:

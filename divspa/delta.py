@@ -406,15 +406,14 @@ class Warehouse:
                 out[run] = max(out.get(run, 0), ms)
         return out
 
-    def drop_runs(self, table: str, run_ids: list[str], checkpoint_interval: int | None = None) -> int:
+    def drop_runs(self, table: str, run_ids: list[str]) -> int:
         """Remove every row of `run_ids` from `table` in one commit; returns the version (or the
         current one when none was there). A partition delete: files are unlinked from the log,
         not rewritten, and stay on disk for time travel until `vacuum`. delta-rs commits it in
         both modes, so retention needs no JVM."""
         present = sorted(set(run_ids) & set(self.runs_on_disk(table)))
         dtable = self._delta(table)
-        if checkpoint_interval is not None:
-            self._set_checkpoint_interval(dtable, checkpoint_interval)
+        self._set_checkpoint_interval(dtable, self.checkpoint_interval)  # tables made before the setting
         if not present:
             return dtable.version()
         predicate = "run_id IN (" + ", ".join(_sql_literal(r) for r in present) + ")"

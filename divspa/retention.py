@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from divspa import runs, storage
 from divspa.config import Config
 from divspa.delta import Warehouse
+from divspa.runtime import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def plan(wh: Warehouse, cfg: Config, keep: int) -> tuple[list[str], list[str]]:
     if latest is not None:
         keep_set.add(latest["run_id"])
     for run in order[keep:]:
-        if storage.settings().is_file(storage.join(cfg.output_dir, "runs", run, "_lock.json")):
+        if storage.settings().is_file(RunLock.location(cfg.output_dir, run)):
             log.info("gc: keeping run %s: its lock is held (in progress)", run)
             keep_set.add(run)
     return [r for r in order if r in keep_set], [r for r in order if r not in keep_set]
@@ -61,7 +62,7 @@ def collect(wh: Warehouse, cfg: Config, keep: int, dry_run: bool = False) -> GcR
     retention = cfg.run.vacuum_retention_hours
     for table in wh.tables():
         if table != runs.TABLE:
-            result.tables[table] = wh.drop_runs(table, dropped, cfg.run.checkpoint_interval)
+            result.tables[table] = wh.drop_runs(table, dropped)
         if cfg.run.compact:
             metrics = wh.compact(table)
             result.compacted[table] = int(metrics.get("numFilesRemoved", 0))

@@ -21,8 +21,7 @@ from typing import Any
 import yaml
 from deltalake.exceptions import TableNotFoundError
 
-from divspa import storage
-from divspa.config import Config, PublishConfig, config_to_dict
+from divspa.config import Config, PublishConfig, redacted_dict
 from divspa.errors import NoPublishedRun
 from divspa.snapshot import Snapshot
 
@@ -90,10 +89,8 @@ def gates_json(gates: list[Gate]) -> str:
 
 def config_hash(cfg: Config) -> str:
     """Equal for two runs with equal settings: the run id is left out, secrets masked."""
-    data = config_to_dict(cfg)
+    data = redacted_dict(cfg)
     data["run"]["run_id"] = None
-    data["spark"]["conf"] = storage.redact(data["spark"]["conf"])
-    data["run"]["storage_options"] = storage.redact(data["run"]["storage_options"])
     return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -126,13 +123,14 @@ def record(wh: Any, run_id: str) -> dict[str, Any] | None:
     return next((r for r in records(wh) if r["run_id"] == run_id), None)
 
 
-def latest_published(wh: Any, exclude: str | None = None) -> dict[str, Any] | None:
+def latest_published(wh: Any) -> dict[str, Any] | None:
     """The most recently recorded run whose outcome is published (a trainer's "latest")."""
-    return _latest([r for r in records(wh) if r["run_id"] != exclude])
+    return latest_of(records(wh))
 
 
-def _latest(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    published = [r for r in rows if r["outcome"] == PUBLISHED]
+def latest_of(rows: list[dict[str, Any]], exclude: str | None = None) -> dict[str, Any] | None:
+    """The same among `rows` (records(), oldest first), leaving out run `exclude`."""
+    published = [r for r in rows if r["outcome"] == PUBLISHED and r["run_id"] != exclude]
     return published[-1] if published else None
 
 
@@ -140,7 +138,7 @@ def resolve_run(rows: list[dict[str, Any]], run: str, where: str) -> str:
     """A run id as given, or for "latest" the latest published run's id among `rows`."""
     if run != "latest":
         return run
-    latest = _latest(rows)
+    latest = latest_of(rows)
     if latest is None:
         raise NoPublishedRun(f"no published run under {where}: every recorded run failed a gate or a stage, "
                              "or none has reached stage publish (`divspa runs` lists them)")

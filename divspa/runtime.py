@@ -120,9 +120,14 @@ class RunLock:
         self.path, self.holder = path, holder
         self._held = False
 
+    @staticmethod
+    def location(output_dir: str, run_id: str) -> str:
+        """Where run `run_id`'s lock lives (retention asks too: a held run is never dropped)."""
+        return storage.join(output_dir, "runs", run_id, "_lock.json")
+
     @classmethod
     def acquire(cls, cfg: Config, command: str) -> RunLock:
-        path = storage.join(cfg.run_dir, "_lock.json")
+        path = cls.location(cfg.output_dir, cfg.run_id)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
               "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         lock = cls(path, me)

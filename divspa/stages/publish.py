@@ -59,12 +59,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
     got = figures(ctx)
     augmented = wh.row_count("augmented_positives", where={"run_id": ctx.run_id}) \
         if wh.exists("augmented_positives") else None
-    previous = runs.latest_published(wh, exclude=ctx.run_id)
+    recorded = runs.records(wh)  # read once: the previous published run and this run's last record
+    previous = runs.latest_of(recorded, exclude=ctx.run_id)
     gates = runs.check_gates(ctx.cfg.publish, got, augmented or None, previous)
     outcome, reason = runs.outcome(gates)
     for g in gates:
         log.info("gate %s: %s (%s)", g.name, "pass" if g.passed else "FAIL", g.detail)
-    before = runs.record(wh, ctx.run_id)
+    before = next((r for r in recorded if r["run_id"] == ctx.run_id), None)
     verdict = (outcome, reason, runs.gates_json(gates), got.get("popularity"), got.get("base"), got.get("divspa"),
                augmented, runs.config_hash(ctx.cfg))
     if before is not None and verdict == tuple(before[k] for k in (
