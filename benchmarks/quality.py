@@ -64,10 +64,14 @@ VARIANTS: dict[str, dict] = {
     # Not in the paper: i2i and u2u2i ranked by their own similarity (augment.rank_by = neighbour).
     "rank_neighbour": {"rank_by": "neighbour"},
     "rank_neighbour_wo_u2i": {"rank_by": "neighbour", "strategies": ["i2i", "u2u2i"]},
+    "rank_neighbour_debias_0.25": {"rank_by": "neighbour", "debias": 0.25},
+    # Not in the paper: candidates drawn by click share over proposal share (augment.calibrate).
+    "calibrate_1": {"calibrate": 1.0},
+    "rank_neighbour_calibrate_1": {"rank_by": "neighbour", "calibrate": 1.0},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
 AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",
-                "rank_by": "rank_by"}
+                "rank_by": "rank_by", "calibrate": "calibrate"}
 WORKER_ENV = "DIVSPA_QUALITY_WORKER"
 ACC = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (50, 100, 200)]
 DIV = ["distinct@100", "distinct@500", "distinct@1000", "coverage@100", "gini@100", "long_tail@100"]

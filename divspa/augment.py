@@ -1,12 +1,20 @@
-"""DivSPA positive augmentation (paper §3.2) as Spark SQL over the neighbours table.
+"""DivSPA positive augmentation (paper §3.2): one Arrow pass over each user's rows.
 
 For each train positive (u, v+):
   u2i    the user's u2i neighbours;
   i2i    v+'s i2i neighbours;
   u2u2i  the train clicks of the user's u2u neighbours (real positives of similar users);
-each candidate re-scored by the teacher as s(u, v) = cosine(u, v) (vectors joined, never
-collected), v+ and u's fitted train items excluded (augment.exclude), the top k kept per strategy, m sampled, and
-weighted w_i = s(u, v_i) / sum_j s(u, v_j) within (u, v+, strategy).
+each candidate re-scored by the teacher as s(u, v) = cosine(u, v), v+ and u's fitted train items
+excluded (augment.exclude), the top k kept per strategy, m sampled, and weighted
+w_i = s(u, v_i) / sum_j s(u, v_j) within (u, v+, strategy).
+
+How it runs, and why (issue 18): Spark gathers one row per user (vector, positives, excluded
+items, u2i list, pooled u2u2i items) and every task holds the items' side as one broadcast (item
+vectors, each item's i2i list, its popularity discount). A task then re-scores, ranks and samples
+a user's candidates in numpy: nothing is shuffled per candidate, no vector is joined onto a
+candidate row, and the per-user lists of u2i and u2u2i are ranked once per user, not once per
+positive. Spark moves rows per user and writes rows per sampled positive, so the cost grows with
+clicks, not with clicks times candidates.
 
 With augment.popularity_debias = g > 0 (not in the paper) every candidate is ranked, drawn and
 weighted by its `selection` s(u, v) * (n_max / n_v)^g instead of s(u, v), n_v being v's fitted
@@ -16,62 +24,53 @@ Two more options leave the paper's rule for the same reason: augment.u2i_skip = 
 teacher's n best u2i candidates, augment.dedup keeps an item in one strategy per positive, and
 augment.rank_by = neighbour ranks, draws and weighs i2i candidates by s(v+, v) and u2u2i ones by
 the summed similarity to u of the similar users who clicked them, instead of s(u, v).
+augment.calibrate = c multiplies each kept candidate's draw and weight by ((n_v / N) / (p_v / P))^c
+per strategy, p_v being how often the strategy proposes v and n_v its fitted clicks: items a
+strategy proposes more often than they are clicked (the teacher's hubs) are drawn less, so the
+augmented items follow the click log instead of concentrating on what the teacher puts in
+everyone's top-k; unlike the popularity discount it does not favour the long tail over what users
+click. It costs one more pass (the proposals are counted first).
 
 Sampling is Efraimidis-Spirakis weighted sampling without replacement: candidate i gets the key
 log(r_i) / p_i and the m largest keys win, where r_i is a uniform number hashed from
-(seed, u, v+, strategy, candidate). Every draw is a pure function of its row, so the table is
-identical whatever the partitioning, executor count or retry history.
+(seed, u, v+, strategy, candidate) with Spark's xxhash64 (divspa.xxhash, the same numbers
+`F.xxhash64` gives). Every draw is a pure function of its row, so the table is identical whatever
+the partitioning, executor count or retry history. Sums are taken in candidate-id order, one term
+after the other, as Spark's window sums took them before this pass replaced them: the same seed
+gives the same table bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from divspa.config import AugmentConfig
+from divspa.xxhash import uniform, xxhash64
+
+log = logging.getLogger(__name__)
 
 GROUP = ["user_id", "item_id", "strategy"]
-_TWO53 = float(2**53)
-
-
-def _cosine_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        n = batch.num_rows
-        u = _matrix(batch.column("_u"), n)
-        v = _matrix(batch.column("_v"), n)
-        # float64 products summed along each row: the same bits whatever the batch holds.
-        dot = (u * v).sum(axis=1)
-        norms = np.sqrt((u * u).sum(axis=1) * (v * v).sum(axis=1))
-        score = (dot / np.maximum(norms, 1e-12)).astype(np.float32)
-        keep = [i for i, name in enumerate(batch.schema.names) if name not in ("_u", "_v")]
-        cols = [batch.column(i) for i in keep] + [pa.array(score, pa.float32())]
-        yield pa.RecordBatch.from_arrays(cols, names=[batch.schema.names[i] for i in keep] + ["score"])
-
-
-def _matrix(col: pa.Array, n: int) -> np.ndarray:
-    flat = np.asarray(pc.list_flatten(col).to_numpy(zero_copy_only=False), dtype=np.float64)
-    return flat.reshape(n, -1) if n else np.empty((0, 0))
-
-
-def rescore(df: DataFrame, user_vecs: DataFrame, item_vecs: DataFrame) -> DataFrame:
-    """Add the teacher's s(u, v) = cosine(u, v_aug) to rows with user_id and aug_item_id.
-
-    The vectors are joined onto the rows (no table reaches the driver) and the cosine is computed
-    with numpy on Arrow batches: Spark's array lambdas cost ~30 us a row, numpy well under 1.
-    """
-    uv = user_vecs.select(F.col("id").alias("user_id"), F.col("vector").alias("_u"))
-    iv = item_vecs.select(F.col("id").alias("aug_item_id"), F.col("vector").alias("_v"))
-    joined = df.join(uv, "user_id").join(iv, "aug_item_id")
-    fields = [f for f in joined.schema.fields if f.name not in ("_u", "_v")]
-    schema = T.StructType([*fields, T.StructField("score", T.FloatType())])
-    return joined.mapInArrow(_cosine_batches, schema)
+STRATEGIES = ("u2i", "i2i", "u2u2i")
+# Which strategy keeps an item that several offer for one positive (augment.dedup): the real clicks
+# of similar users first, then the positive's neighbours, the teacher's own top-k last.
+DEDUP_ORDER = ("u2u2i", "i2i", "u2i")
+SAMPLED = "user_id bigint, item_id bigint, strategy string, aug_item_id bigint, rank int, score float, weight float"
+CANDIDATES = ("user_id bigint, item_id bigint, strategy string, aug_item_id bigint, rank int, score float, "
+              "selection double")
+# Positives handled together in one numpy step: bounds a task's memory (i2i re-scores
+# positives x retrieve.k vectors at once) whatever the Arrow batch size.
+CHUNK_POSITIVES = 4096
 
 
 @cache
@@ -87,56 +86,6 @@ def beta_rank_probs(k: int, alpha: float) -> tuple[tuple[float, ...], ...]:
     return tuple(out)
 
 
-def ranked(scored: DataFrame, keys: list[str]) -> DataFrame:
-    """`rank` 1..n by `selection` within each `keys` group (ties: smaller item id)."""
-    w = Window.partitionBy(*keys).orderBy(F.col("selection").desc(), F.col("aug_item_id").asc())
-    return scored.withColumn("rank", F.row_number().over(w))
-
-
-def top_k(scored: DataFrame, keys: list[str], k: int, skip: int = 0) -> DataFrame:
-    """Keep the k best candidates by `selection` per `keys` group after the `skip` best, ranked 1..k."""
-    kept = ranked(scored, keys).where((F.col("rank") > skip) & (F.col("rank") <= skip + k))
-    return kept.withColumn("rank", F.col("rank") - skip) if skip else kept
-
-
-# Which strategy keeps an item that several offer for one positive (augment.dedup): the real clicks
-# of similar users first, then the positive's neighbours, the teacher's own top-k last.
-DEDUP_ORDER = ("u2u2i", "i2i", "u2i")
-
-
-def dedup(cands: DataFrame) -> DataFrame:
-    """One row per (user, positive, candidate item), from the first strategy of DEDUP_ORDER that
-    offers it; each strategy's survivors re-ranked 1..n by `selection`."""
-    first = F.array_position(F.array(*[F.lit(s) for s in DEDUP_ORDER]), F.col("strategy"))
-    one = Window.partitionBy("user_id", "item_id", "aug_item_id").orderBy(first)
-    kept = cands.withColumn("_d", F.row_number().over(one)).where(F.col("_d") == 1).drop("_d")
-    return ranked(kept, GROUP)
-
-
-def sample(candidates: DataFrame, cfg: AugmentConfig, seed: int) -> DataFrame:
-    """m of each group's ranked candidates (user_id, item_id, strategy, aug_item_id, rank, score and
-    optionally selection, which is the score that draws and weighs them when present)."""
-    whole = Window.partitionBy(*GROUP).orderBy("aug_item_id").rowsBetween(Window.unboundedPreceding,
-                                                                          Window.unboundedFollowing)
-    by = "selection" if "selection" in candidates.columns else "score"
-    floor = F.greatest(F.col(by), F.lit(cfg.min_score))
-    n = F.count(F.lit(1)).over(whole)
-    if cfg.sampler == "uniform":
-        prob = F.lit(1.0) / n
-    elif cfg.sampler == "importance":
-        prob = floor / F.sum(floor).over(whole)
-    else:
-        table = F.array(*[F.array(*[F.lit(p) for p in row]) for row in beta_rank_probs(cfg.k, cfg.beta_alpha)])
-        prob = F.element_at(F.element_at(table, n.cast("int")), F.col("rank"))
-    h = F.xxhash64(F.lit(seed), "user_id", "item_id", "strategy", "aug_item_id")
-    uniform = (F.pmod(h, F.lit(2**53)).cast("double") + F.lit(0.5)) / F.lit(_TWO53)
-    keyed = candidates.withColumn("_key", F.log(uniform) / prob)
-    pick = Window.partitionBy(*GROUP).orderBy(F.col("_key").desc(), F.col("aug_item_id").asc())
-    chosen = keyed.withColumn("_pick", F.row_number().over(pick)).where(F.col("_pick") <= cfg.m)
-    weight = floor / F.sum(floor).over(whole)
-    return chosen.withColumn("weight", weight.cast("float")).drop("_key", "_pick", "selection")
-
-
 def excluded_clicks(examples: DataFrame, exclude: str) -> DataFrame:
     """(user_id, item_id) pairs no candidate may be (augment.exclude): the fitted train clicks, or
     every train click with the validation slice."""
@@ -144,78 +93,413 @@ def excluded_clicks(examples: DataFrame, exclude: str) -> DataFrame:
     return rows.select("user_id", "item_id").distinct()
 
 
-def debias_factors(cfg: AugmentConfig, item_clicks: DataFrame | None) -> tuple[DataFrame, float] | None:
-    """(aug_item_id, _f = (n_max / n_v)^g) per item, and the factor of an item no fitted click holds
-    (seen only in validation: counted as clicked once); None for the paper's rule (g = 0).
+# ---------------------------------------------------------------------------------------------
+# The items' side: one broadcast per augmentation.
 
-    item_clicks: (item_id, n) fitted train clicks per item, small enough to broadcast (one row an
-    item). Built once per augmentation and shared by every strategy: n_max costs one Spark job.
+
+@dataclass
+class Items:
+    """Every item's vector, i2i list and discount, by row of the sorted ids."""
+
+    ids: np.ndarray  # [N] int64, sorted
+    vectors: np.ndarray  # [N, d] float32
+    i2i: np.ndarray  # [N, K] int64 neighbour ids, -1 past the list's end
+    i2i_score: np.ndarray  # [N, K] float32 s(v, neighbour)
+    factor: np.ndarray | None  # [N] float64 popularity discount (augment.popularity_debias), else None
+    unseen: float  # discount of an item without fitted clicks
+    # strategy -> [N] float64 (click share / proposal share)^c (augment.calibrate), once measured
+    calibration: dict[str, np.ndarray] | None = None
+
+    def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of each id, whether it has one)."""
+        at = np.searchsorted(self.ids, ids)
+        at = np.minimum(at, max(len(self.ids) - 1, 0))
+        found = self.ids[at] == ids if len(self.ids) else np.zeros(len(ids), bool)
+        return at, found
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        extra = {} if self.factor is None else {"factor": self.factor}
+        extra.update({f"cal_{k}": v for k, v in (self.calibration or {}).items()})
+        np.savez(buf, ids=self.ids, vectors=self.vectors, i2i=self.i2i, i2i_score=self.i2i_score,
+                 unseen=np.array([self.unseen]), **extra)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Items:
+        z = np.load(io.BytesIO(data))
+        cal = {k[4:]: z[k] for k in z.files if k.startswith("cal_")}
+        return cls(z["ids"], z["vectors"], z["i2i"], z["i2i_score"], z.get("factor"), float(z["unseen"][0]),
+                   cal or None)
+
+
+_ITEMS: dict[str, Items] = {}  # per Python worker: broadcast digest -> items
+
+
+@dataclass
+class ItemSide:
+    """How tasks reach the items' side: a broadcast, loaded once per Python worker."""
+
+    broadcast: object
+    key: str
+    items: Items | None = None  # the driver's copy: never shipped with the tasks' closures
+
+    def __getstate__(self) -> dict:
+        return {"broadcast": self.broadcast, "key": self.key, "items": None}
+
+    def get(self) -> Items:
+        if self.key not in _ITEMS:
+            _ITEMS.clear()
+            _ITEMS[self.key] = Items.from_bytes(self.broadcast.value)  # type: ignore[attr-defined]
+        return _ITEMS[self.key]
+
+
+def _list_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each value, flat values) of a list column; null lists are empty."""
+    col = table.column(name).combine_chunks()
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+    return np.repeat(np.arange(len(col)), lengths), values
+
+
+def item_side(cfg: AugmentConfig, items: DataFrame, neighbours: DataFrame, item_clicks: DataFrame | None) -> ItemSide:
+    """Collect the items' vectors, i2i lists and discounts once and broadcast them.
+
+    items: (id, vector); neighbours: this teacher's lists; item_clicks: (item_id, n) fitted clicks
+    per item, for augment.popularity_debias. One row an item: it fits where retrieve's own item
+    corpus is broadcast. The discount is computed by Spark (its pow) so the table keeps its bits.
     """
-    if not cfg.popularity_debias or item_clicks is None:
-        return None
-    top = float(item_clicks.agg(F.max("n")).first()[0] or 1)
-    factor = item_clicks.select(F.col("item_id").alias("aug_item_id"), F.pow(
-        F.lit(top) / F.col("n").cast("double"), F.lit(cfg.popularity_debias)).alias("_f"))
-    return F.broadcast(factor), top ** cfg.popularity_debias
+    spark = items.sparkSession
+    table = items.select("id", "vector").toArrow()
+    ids = table.column("id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    col = table.column("vector").combine_chunks()
+    flat = np.asarray(pc.list_flatten(col).to_numpy(zero_copy_only=False), np.float32)
+    vectors = flat.reshape(len(ids), -1)[order] if len(ids) else np.empty((0, 0), np.float32)
+    ids = ids[order].astype(np.int64)
+    side = Items(ids, vectors, np.full((len(ids), 0), -1, np.int64), np.zeros((len(ids), 0), np.float32), None, 1.0)
+    if "i2i" in cfg.strategies:
+        nb = neighbours.where(F.col("strategy") == "i2i").select("query_id", "rank", "neighbour_id", "score").toArrow()
+        q, found = side.rows(nb.column("query_id").to_numpy())
+        rank = nb.column("rank").to_numpy().astype(np.int64)[found]
+        width = int(rank.max()) if len(rank) else 0
+        side.i2i = np.full((len(ids), width), -1, np.int64)
+        side.i2i_score = np.zeros((len(ids), width), np.float32)
+        side.i2i[q[found], rank - 1] = nb.column("neighbour_id").to_numpy()[found]
+        side.i2i_score[q[found], rank - 1] = nb.column("score").to_numpy()[found]
+    if cfg.popularity_debias and item_clicks is not None:
+        top = float(item_clicks.agg(F.max("n")).first()[0] or 1)
+        f = item_clicks.select("item_id", F.pow(F.lit(top) / F.col("n").cast("double"),
+                                                F.lit(cfg.popularity_debias)).alias("f")).toArrow()
+        side.unseen = top ** cfg.popularity_debias  # an item seen only in validation counts as clicked once
+        side.factor = np.full(len(ids), side.unseen, np.float64)
+        at, found = side.rows(f.column("item_id").to_numpy())
+        side.factor[at[found]] = f.column("f").to_numpy()[found]
+    return broadcast(spark, side)
 
 
-def selection(scored: DataFrame, factors: tuple[DataFrame, float] | None, by: str = "score") -> DataFrame:
-    """Add `selection`: the teacher's score (or the strategy's neighbour similarity `_nb`, by =
-    "_nb", then dropped), times the item's popularity discount when there is one."""
-    if factors is None:
-        return scored.withColumn("selection", F.col(by).cast("double")).drop("_nb")
-    factor, unseen = factors
-    with_f = scored.join(factor, "aug_item_id", "left")
-    f = F.coalesce(F.col("_f"), F.lit(unseen))
-    return with_f.withColumn("selection", (F.col(by) * f).cast("double")).drop("_f", "_nb")
+def broadcast(spark: SparkSession, items: Items) -> ItemSide:
+    data = items.to_bytes()
+    log.info("augment: broadcasting %d items' vectors and lists (%.1f MB)", len(items.ids), len(data) / 2**20)
+    return ItemSide(spark.sparkContext.broadcast(data), hashlib.sha256(data).hexdigest(), items)
 
 
-def candidates(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighbours: DataFrame,
-               peer_clicks: DataFrame, user_vecs: DataFrame, item_vecs: DataFrame,
-               item_clicks: DataFrame | None = None) -> DataFrame:
-    """Top-k re-scored candidates per (user, positive, strategy) for the enabled strategies.
+# ---------------------------------------------------------------------------------------------
+# The users' side: one row per user with a positive.
 
-    positives: (user_id, item_id) train positives; seen: (user_id, item_id) every train click;
-    neighbours: (strategy, query_id, neighbour_id); peer_clicks: (user_id, item_id) clicks that u2u
-    neighbours contribute to u2u2i; *_vecs: (id, vector) of the teacher; item_clicks: (item_id, n)
-    fitted clicks per item, for augment.popularity_debias.
+
+def user_rows(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighbours: DataFrame,
+              peer_clicks: DataFrame, user_vecs: DataFrame) -> DataFrame:
+    """(user_id, _u, pos, seen[, u2i][, peer_items, peer_nb]) per user with a positive and a vector.
+
+    positives: (user_id, item_id) train positives; seen: (user_id, item_id) pairs no candidate may
+    be; neighbours: (strategy, query_id, neighbour_id, score); peer_clicks: (user_id, item_id) clicks
+    that u2u neighbours contribute to u2u2i; user_vecs: (id, vector) of the teacher.
     """
-    seen_pairs = seen.select("user_id", F.col("item_id").alias("aug_item_id"))
-    factors = debias_factors(cfg, item_clicks)
-
-    parts: list[DataFrame] = []
-    per_user: list[tuple[str, DataFrame]] = []  # candidates shared by all of a user's positives
+    rows = (positives.groupBy("user_id").agg(F.collect_list("item_id").alias("pos"))
+            .join(user_vecs.select(F.col("id").alias("user_id"), F.col("vector").alias("_u")), "user_id")
+            .join(seen.groupBy("user_id").agg(F.collect_list("item_id").alias("seen")), "user_id", "left"))
     if "u2i" in cfg.strategies:
-        per_user.append(("u2i", neighbours.where(F.col("strategy") == "u2i").select(
-            F.col("query_id").alias("user_id"), F.col("neighbour_id").alias("aug_item_id"), F.lit("u2i").alias("strategy"))))
-    own = cfg.rank_by == "neighbour"  # i2i and u2u2i ranked by their own similarity, not s(u, v)
+        u2i = neighbours.where(F.col("strategy") == "u2i").groupBy(F.col("query_id").alias("user_id")).agg(
+            F.collect_list("neighbour_id").alias("u2i"))
+        rows = rows.join(u2i, "user_id", "left")
     if "u2u2i" in cfg.strategies:
         similar = neighbours.where(F.col("strategy") == "u2u").select(
             F.col("query_id").alias("user_id"), F.col("neighbour_id").alias("_peer"), F.col("score").alias("_sim"))
         clicks = peer_clicks.select(F.col("user_id").alias("_peer"), F.col("item_id").alias("aug_item_id"))
-        peers = similar.join(clicks, "_peer")
-        if own:  # the item's support among similar users: the sum of their similarities to u
-            pooled = peers.groupBy("user_id", "aug_item_id").agg(F.sum("_sim").alias("_nb"))
-        else:
-            pooled = peers.select("user_id", "aug_item_id").distinct()
-        per_user.append(("u2u2i", pooled.withColumn("strategy", F.lit("u2u2i"))))
-    for name, df in per_user:
-        fresh = df.join(seen_pairs, ["user_id", "aug_item_id"], "left_anti")
-        scored = selection(rescore(fresh, user_vecs, item_vecs), factors, "_nb" if own and name == "u2u2i" else "score")
-        kept = top_k(scored, ["user_id", "strategy"], cfg.k, skip=cfg.u2i_skip if name == "u2i" else 0)
-        parts.append(positives.join(kept, "user_id"))
+        # The item's support among similar users: the sum of their similarities to u (rank_by neighbour).
+        pooled = similar.join(clicks, "_peer").groupBy("user_id", "aug_item_id").agg(
+            F.sum(F.col("_sim").cast("double")).alias("_nb"))
+        peers = pooled.groupBy("user_id").agg(F.collect_list(F.struct("aug_item_id", "_nb")).alias("_peers"))
+        rows = rows.join(peers.select("user_id", F.col("_peers.aug_item_id").alias("peer_items"),
+                                      F.col("_peers._nb").alias("peer_nb")), "user_id", "left")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy: re-score, rank, de-duplicate, sample.
+
+
+def _cosine(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Row-wise cosine in float64 (the same bits whatever else the arrays hold), as float32."""
+    dot = (u * v).sum(axis=1)
+    norms = np.sqrt((u * u).sum(axis=1) * (v * v).sum(axis=1))
+    return (dot / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def ranks_in(group: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """1-based position of each row of `order` (rows sorted by group first) within its group."""
+    g = group[order]
+    starts = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if len(g) else np.zeros(0, np.int64)
+    first = np.repeat(starts, np.diff(np.r_[starts, len(g)]))
+    return np.arange(len(g)) - first + 1
+
+
+def top_k(group: np.ndarray, aug: np.ndarray, sel: np.ndarray, k: int, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(rows kept, their rank 1..k): each group's k best by `sel` after its `skip` best (ties: smaller id)."""
+    order = np.lexsort((aug, -sel, group))
+    rank = ranks_in(group, order)
+    keep = (rank > skip) & (rank <= skip + k)
+    return order[keep], rank[keep] - skip
+
+
+def _sequential_sums(group: np.ndarray, aug: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per row: the sum of its group's values added one after another in candidate-id order (how
+    Spark's window sum adds them), so a weight has the same bits as before."""
+    order = np.lexsort((aug, group))
+    pos = ranks_in(group, order) - 1
+    ids, slot = np.unique(group[order], return_inverse=True)
+    grid = np.zeros((len(ids), int(pos.max()) + 1 if len(pos) else 0))
+    grid[slot, pos] = values[order]
+    total = np.zeros(len(ids))
+    for j in range(grid.shape[1]):  # x + 0.0 == x: padding changes no sum
+        total = total + grid[:, j]
+    return total[np.searchsorted(ids, group)]
+
+
+def sample_groups(group: np.ndarray, aug: np.ndarray, sel: np.ndarray, rank: np.ndarray, r: np.ndarray,
+                  cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(rows chosen, their weight): m of each group's candidates by Efraimidis-Spirakis keys
+    log(r) / p, p from augment.sampler; weights floor(sel) / their sum over the chosen."""
+    floor = np.maximum(sel, cfg.min_score)
+    _, inverse, counts = np.unique(group, return_inverse=True, return_counts=True)
+    n = counts[inverse]
+    if cfg.sampler == "uniform":
+        prob = 1.0 / n.astype(np.float64)
+    elif cfg.sampler == "importance":
+        prob = floor / _sequential_sums(group, aug, floor)
+    else:
+        table = np.zeros((cfg.k, cfg.k))
+        for i, row in enumerate(beta_rank_probs(cfg.k, cfg.beta_alpha)):
+            table[i, :len(row)] = row
+        prob = table[n - 1, rank - 1]
+    key = np.log(r) / prob
+    order = np.lexsort((aug, -key, group))
+    chosen = order[ranks_in(group, order) <= cfg.m]
+    weight = floor[chosen] / _sequential_sums(group[chosen], aug[chosen], floor[chosen])
+    return chosen, weight.astype(np.float32)
+
+
+@dataclass
+class Cands:
+    """Candidate rows of one strategy in a chunk: `pos` indexes the chunk's positives."""
+
+    pos: np.ndarray
+    aug: np.ndarray
+    score: np.ndarray
+    sel: np.ndarray
+    rank: np.ndarray
+
+    def take(self, idx: np.ndarray) -> Cands:
+        return Cands(self.pos[idx], self.aug[idx], self.score[idx], self.sel[idx], self.rank[idx])
+
+
+class Chunk:
+    """One chunk of user rows, flattened: users, their positives, their excluded items."""
+
+    def __init__(self, table: pa.Table, items: Items) -> None:
+        self.items = items
+        self.user_ids = table.column("user_id").to_numpy().astype(np.int64)
+        col = table.column("_u").combine_chunks()
+        flat = np.asarray(pc.list_flatten(col).to_numpy(zero_copy_only=False), np.float64)
+        self.user_vecs = flat.reshape(len(self.user_ids), -1) if len(self.user_ids) else np.empty((0, 0))
+        self.pos_user, self.pos_item = _list_column(table, "pos")
+        self.pos_item = self.pos_item.astype(np.int64)
+        seen_user, seen_item = _list_column(table, "seen")
+        rows, found = items.rows(seen_item.astype(np.int64))
+        self.seen = np.unique(seen_user[found] * len(items.ids) + rows[found])
+
+    def fresh(self, user: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of candidates with a vector that user may get, their item rows)."""
+        rows, found = self.items.rows(item_ids)
+        keys = user * len(self.items.ids) + rows
+        return found & ~np.isin(keys, self.seen, assume_unique=False), rows
+
+    def scored(self, user: np.ndarray, aug: np.ndarray, rows: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(teacher's score, selection): the score or the strategy's own similarity, discounted."""
+        score = _cosine(self.user_vecs[user], self.items.vectors[rows].astype(np.float64))
+        sel = (score if own is None else own).astype(np.float64)
+        if self.items.factor is not None:
+            sel = sel * self.items.factor[rows]
+        return score, sel
+
+    def per_user(self, cfg: AugmentConfig, user: np.ndarray, aug: np.ndarray, own: np.ndarray | None,
+                 skip: int) -> Cands:
+        """A per-user strategy's top-k, ranked once per user, offered to each of the user's positives."""
+        ok, rows = self.fresh(user, aug)
+        user, aug, rows = user[ok], aug[ok], rows[ok]
+        score, sel = self.scored(user, aug, rows, None if own is None else own[ok])
+        kept, rank = top_k(user, aug, sel, cfg.k, skip)  # sorted by user first: one run of rows a user
+        per = np.bincount(user[kept], minlength=len(self.user_ids))
+        start = np.cumsum(per) - per
+        reps = per[self.pos_user]
+        pos = np.repeat(np.arange(len(self.pos_user)), reps)
+        src = start[self.pos_user[pos]] + np.arange(len(pos)) - np.repeat(np.cumsum(reps) - reps, reps)
+        idx = kept[src]
+        return Cands(pos, aug[idx], score[idx], sel[idx], rank[src])
+
+    def i2i(self, cfg: AugmentConfig, own: bool) -> Cands:
+        rows, found = self.items.rows(self.pos_item)
+        width = self.items.i2i.shape[1]
+        pos = np.repeat(np.arange(len(self.pos_item)), width)
+        nb = np.where(found[:, None], self.items.i2i[rows], -1).reshape(-1)
+        nb_score = self.items.i2i_score[rows].reshape(-1)
+        keep = nb >= 0
+        pos, aug, nb_score = pos[keep], nb[keep], nb_score[keep]
+        ok, item_rows = self.fresh(self.pos_user[pos], aug)
+        pos, aug, item_rows, nb_score = pos[ok], aug[ok], item_rows[ok], nb_score[ok]
+        score, sel = self.scored(self.pos_user[pos], aug, item_rows, nb_score if own else None)
+        kept, rank = top_k(pos, aug, sel, cfg.k)
+        return Cands(pos[kept], aug[kept], score[kept], sel[kept], rank)
+
+
+def chunk_candidates(cfg: AugmentConfig, table: pa.Table, items: Items) -> tuple[Chunk, dict[str, Cands]]:
+    """Every positive's ranked candidates per enabled strategy, for one chunk of user rows."""
+    chunk = Chunk(table, items)
+    own = cfg.rank_by == "neighbour"  # i2i and u2u2i ranked by their own similarity, not s(u, v)
+    out: dict[str, Cands] = {}
+    if "u2i" in cfg.strategies:
+        user, aug = _list_column(table, "u2i")
+        out["u2i"] = chunk.per_user(cfg, user, aug.astype(np.int64), None, cfg.u2i_skip)
     if "i2i" in cfg.strategies:
-        similar = neighbours.where(F.col("strategy") == "i2i").select(
-            F.col("query_id").alias("item_id"), F.col("neighbour_id").alias("aug_item_id"), F.col("score").alias("_nb"))
-        pairs = positives.join(similar, "item_id").join(seen_pairs, ["user_id", "aug_item_id"], "left_anti")
-        scored = rescore(pairs.withColumn("strategy", F.lit("i2i")), user_vecs, item_vecs)
-        parts.append(top_k(selection(scored, factors, "_nb" if own else "score"), GROUP, cfg.k))
-    if not parts:  # every strategy ablated
-        return positives.select("user_id", "item_id", F.lit("").alias("strategy"), F.lit(0).cast("bigint").alias(
-            "aug_item_id"), F.lit(0).alias("rank"), F.lit(0.0).cast("float").alias("score"),
-            F.lit(0.0).cast("double").alias("selection")).limit(0)
-    cols = ["user_id", "item_id", "strategy", "aug_item_id", "rank", "score", "selection"]
-    out = parts[0].select(*cols)
-    for p in parts[1:]:
-        out = out.unionByName(p.select(*cols))
-    return dedup(out) if cfg.dedup and len(parts) > 1 else out
+        out["i2i"] = chunk.i2i(cfg, own)
+    if "u2u2i" in cfg.strategies:
+        user, aug = _list_column(table, "peer_items")
+        _, nb = _list_column(table, "peer_nb")
+        out["u2u2i"] = chunk.per_user(cfg, user, aug.astype(np.int64), nb.astype(np.float64) if own else None, 0)
+    if cfg.dedup and len(out) > 1:
+        out = dedup(out)
+    if items.calibration:
+        for name, c in out.items():
+            sel = c.sel * items.calibration[name][items.rows(c.aug)[0]]
+            kept, rank = top_k(c.pos, c.aug, sel, len(c.pos) + 1)  # re-ranked by the calibrated selection
+            out[name] = Cands(c.pos[kept], c.aug[kept], c.score[kept], sel[kept], rank)
+    return chunk, out
+
+
+def dedup(cands: dict[str, Cands]) -> dict[str, Cands]:
+    """One row per (positive, candidate item), from the first strategy of DEDUP_ORDER that offers
+    it; each strategy's survivors re-ranked 1..n by selection."""
+    names = [s for s in DEDUP_ORDER if s in cands]
+    pos = np.concatenate([cands[s].pos for s in names])
+    aug = np.concatenate([cands[s].aug for s in names])
+    which = np.concatenate([np.full(len(cands[s].pos), i) for i, s in enumerate(names)])
+    order = np.lexsort((which, aug, pos))
+    p, a = pos[order], aug[order]
+    first = order[np.r_[True, (p[1:] != p[:-1]) | (a[1:] != a[:-1])]] if len(order) else order
+    out, offset = {}, 0
+    for i, s in enumerate(names):
+        c = cands[s].take(np.sort(first[which[first] == i] - offset))
+        kept, rank = top_k(c.pos, c.aug, c.sel, len(c.pos) + 1)
+        out[s] = Cands(c.pos[kept], c.aug[kept], c.score[kept], c.sel[kept], rank)
+        offset += len(cands[s].pos)
+    return out
+
+
+def _chunks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """User rows in chunks of at most CHUNK_POSITIVES positives (or one user, never split)."""
+    for batch in batches:
+        cum = np.cumsum(pc.fill_null(pc.list_value_length(batch.column("pos")), 0).to_numpy(zero_copy_only=False))
+        lo = 0
+        while lo < batch.num_rows:
+            before = int(cum[lo - 1]) if lo else 0
+            hi = max(int(np.searchsorted(cum, before + CHUNK_POSITIVES, side="right")), lo + 1)
+            yield pa.Table.from_batches([batch.slice(lo, hi - lo)])
+            lo = hi
+
+
+def _rows(chunk: Chunk, strategy: str, c: Cands, extra: dict[str, np.ndarray]) -> pa.RecordBatch:
+    cols = {"user_id": pa.array(chunk.user_ids[chunk.pos_user[c.pos]], pa.int64()),
+            "item_id": pa.array(chunk.pos_item[c.pos], pa.int64()),
+            "strategy": pa.array(np.full(len(c.pos), strategy, dtype=object), pa.string()),
+            "aug_item_id": pa.array(c.aug, pa.int64()), "rank": pa.array(c.rank.astype(np.int32), pa.int32()),
+            "score": pa.array(c.score, pa.float32()), **{k: pa.array(v) for k, v in extra.items()}}
+    return pa.RecordBatch.from_pydict(cols)
+
+
+def augment_batches(cfg: AugmentConfig, seed: int, side: ItemSide, mode: str):
+    """mapInArrow body: user rows in; out, by mode, sampled rows ("sample"), ranked candidates
+    ("candidates") or how often each strategy proposes each item ("proposals")."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        items = side.get()
+        for table in _chunks(batches):
+            chunk, cands = chunk_candidates(cfg, table, items)
+            for strategy in STRATEGIES:
+                c = cands.get(strategy)
+                if c is None or not len(c.pos):
+                    continue
+                if mode == "proposals":
+                    aug, n = np.unique(c.aug, return_counts=True)
+                    yield pa.RecordBatch.from_pydict({"strategy": pa.array([strategy] * len(aug), pa.string()),
+                                                      "aug_item_id": pa.array(aug, pa.int64()),
+                                                      "n": pa.array(n, pa.int64())})
+                    continue
+                if mode == "candidates":
+                    yield _rows(chunk, strategy, c, {"selection": c.sel})
+                    continue
+                users, positives = chunk.user_ids[chunk.pos_user[c.pos]], chunk.pos_item[c.pos]
+                r = uniform(xxhash64(seed, users, positives, strategy, c.aug))
+                chosen, weight = sample_groups(c.pos, c.aug, c.sel, c.rank, r, cfg)
+                yield _rows(chunk, strategy, c.take(chosen), {"weight": weight})
+
+    return run
+
+
+def calibrated(cfg: AugmentConfig, users: DataFrame, side: ItemSide, item_clicks: DataFrame) -> ItemSide:
+    """The items' side with augment.calibrate's factors ((n_v / N) / (p_v / P))^c per strategy: p_v
+    the candidate rows proposing v (P their total), n_v v's fitted clicks (N their total; an item
+    with none counts as clicked once). Costs one more pass over the users' rows."""
+    items = side.items
+    assert items is not None, "calibrated() runs on the driver"
+    proposed = (users.mapInArrow(augment_batches(cfg, 0, side, "proposals"), "strategy string, aug_item_id bigint, n bigint")
+                .groupBy("strategy", "aug_item_id").agg(F.sum("n").alias("n")).toArrow())
+    clicks = item_clicks.toArrow()
+    share = np.zeros(len(items.ids))
+    at, found = items.rows(clicks.column("item_id").to_numpy())
+    counts = clicks.column("n").to_numpy().astype(np.float64)
+    share[at[found]] = counts[found]
+    total = max(counts.sum(), 1.0)
+    share = np.where(share > 0, share, 1.0) / total
+    names = np.asarray(proposed.column("strategy").to_pylist(), dtype=object)
+    rows, found = items.rows(proposed.column("aug_item_id").to_numpy())
+    n = proposed.column("n").to_numpy().astype(np.float64)
+    calibration = {}
+    for name in {s for s in names if s}:
+        mine = (names == name) & found
+        p = np.zeros(len(items.ids))
+        p[rows[mine]] = n[mine] / n[mine].sum()
+        with np.errstate(divide="ignore"):  # never proposed: never drawn, its factor unused
+            calibration[name] = np.where(p > 0, (share / np.where(p > 0, p, 1.0)) ** cfg.calibrate, 0.0)
+    return broadcast(users.sparkSession, Items(items.ids, items.vectors, items.i2i, items.i2i_score, items.factor,
+                                               items.unseen, calibration))
+
+
+def candidates(cfg: AugmentConfig, users: DataFrame, side: ItemSide) -> DataFrame:
+    """Ranked candidates before sampling (user_id, item_id, strategy, aug_item_id, rank, score, selection)."""
+    return users.mapInArrow(augment_batches(cfg, 0, side, "candidates"), CANDIDATES)
+
+
+def augmented_rows(cfg: AugmentConfig, users: DataFrame, side: ItemSide, seed: int) -> DataFrame:
+    """m weighted augmented positives per (user, positive, strategy)."""
+    return users.mapInArrow(augment_batches(cfg, seed, side, "sample"), SAMPLED)

@@ -278,6 +278,10 @@ class AugmentConfig:
     # high for u. "neighbour": each strategy's own evidence: i2i by s(v+, v), u2u2i by the summed
     # similarity to u of the similar users who clicked the item (u2i is s(u, v) either way).
     rank_by: Literal["teacher", "neighbour"] = "teacher"
+    # Not in the paper: draw and weigh each strategy's kept candidates by their selection times
+    # (click share / proposal share)^c, so the augmented items follow the click log's popularity
+    # instead of piling onto the items the teacher puts in everyone's top-k (0 = off).
+    calibrate: float = _opt(0.0, ge=0)
     beta_alpha: float = _opt(0.5, gt=0)
     min_score: float = _opt(1e-6, gt=0)  # scores are floored here for sampling probabilities and weights
     long_tail_share: float = _opt(0.8, gt=0, lt=1)  # the least clicked items holding this share are long-tail

@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from divspa.augment import DEDUP_ORDER, beta_rank_probs, sample
+from divspa.augment import DEDUP_ORDER, beta_rank_probs, sample_groups
 from divspa.config import AugmentConfig
 from divspa.models.checkpoint import load_checkpoint
 from divspa.models.divspa import DivspaTrainer
@@ -121,6 +121,7 @@ def test_popularity_debias_moves_candidates_to_the_long_tail(augmented):
 
 
 def test_u2i_skip_and_dedup(augmented):
+    from divspa.stages.augment import augmented as augmented_rows
     from divspa.stages.augment import candidate_rows
 
     ctx, acfg = augmented, augmented.cfg.augment
@@ -130,9 +131,8 @@ def test_u2i_skip_and_dedup(augmented):
         acfg.u2i_skip = 5
         skipped = {tuple(r) for r in candidate_rows(ctx, BASE_VERSION).select(*key).collect()}
         acfg.u2i_skip, acfg.dedup = 0, True
-        deduped = candidate_rows(ctx, BASE_VERSION).cache()
-        sampled = sample(deduped, acfg, ctx.cfg.run.seed).collect()
-        deduped = {tuple(r) for r in deduped.select(*key).collect()}
+        deduped = {tuple(r) for r in candidate_rows(ctx, BASE_VERSION).select(*key).collect()}
+        sampled = augmented_rows(ctx, BASE_VERSION).collect()
     finally:
         acfg.u2i_skip, acfg.dedup = 0, False
     # u2i_skip: the teacher's 5 best u2i items are gone; its ranks 6..k are u2i's ranks 1..k-5; the
@@ -251,11 +251,17 @@ def test_student_can_train_for_the_teachers_epochs(augmented):
     assert (report.epochs_run, report.best_epoch, len(report.val_hr)) == (3, 3, 3)
 
 
-def synthetic_candidates(spark, groups: int, k: int):
-    scores = [0.9 - 0.08 * r for r in range(k)]  # rank 1 best
-    data = [(g, 1, "u2i", 1000 + r, r + 1, scores[r]) for g in range(groups) for r in range(k)]
-    return spark.createDataFrame(data, "user_id bigint, item_id bigint, strategy string, aug_item_id bigint, "
-                                       "rank int, score float"), np.array(scores)
+def synthetic_candidates(groups: int, k: int) -> tuple[np.ndarray, ...]:
+    """(group, candidate id, selection, rank) of `groups` groups of k ranked candidates, and uniform
+    numbers hashed as the augmentation hashes them."""
+    from divspa.xxhash import uniform, xxhash64
+
+    scores = np.array([0.9 - 0.08 * r for r in range(k)], np.float32)  # rank 1 best
+    group = np.repeat(np.arange(groups), k)
+    aug = np.tile(1000 + np.arange(k), groups).astype(np.int64)
+    rank = np.tile(np.arange(1, k + 1), groups)
+    r = uniform(xxhash64(11, group.astype(np.int64), group.astype(np.int64), "u2i", aug))
+    return group, aug, np.tile(scores.astype(np.float64), groups), rank, r, scores
 
 
 def chi_square(counts: np.ndarray, probs: np.ndarray) -> float:
@@ -268,14 +274,12 @@ CHI2_9_999 = 27.877
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "importance", "beta"])
-def test_samplers_have_the_intended_distribution(spark, sampler):
+def test_samplers_have_the_intended_distribution(sampler):
     k, groups = 10, 6000
-    cands, scores = synthetic_candidates(spark, groups, k)
+    group, aug, sel, rank, r, scores = synthetic_candidates(groups, k)
     cfg = AugmentConfig(k=k, m=1, sampler=sampler, beta_alpha=0.5)
-    picked = sample(cands, cfg, seed=11).groupBy("rank").count().collect()
-    counts = np.zeros(k)
-    for r in picked:
-        counts[r["rank"] - 1] = r["count"]
+    chosen, _ = sample_groups(group, aug, sel, rank, r, cfg)
+    counts = np.bincount(rank[chosen] - 1, minlength=k).astype(float)
     assert counts.sum() == groups
     probs = {"uniform": np.full(k, 1 / k), "importance": scores / scores.sum(),
              "beta": np.array(beta_rank_probs(k, 0.5)[k - 1])}[sampler]
@@ -284,14 +288,76 @@ def test_samplers_have_the_intended_distribution(spark, sampler):
         assert counts[0] > counts[4] and counts[-1] > counts[5]
 
 
-def test_sampling_without_replacement_and_weights(spark):
-    cands, scores = synthetic_candidates(spark, 50, 10)
-    out = sample(cands, AugmentConfig(k=10, m=3), seed=1).collect()
-    by_group: dict[int, list] = {}
-    for r in out:
-        by_group.setdefault(r["user_id"], []).append(r)
-    for picks in by_group.values():
-        assert len(picks) == 3 and len({p["aug_item_id"] for p in picks}) == 3
-        total = sum(p["score"] for p in picks)
-        for p in picks:
-            assert abs(p["weight"] - p["score"] / total) < 1e-6
+def test_sampling_without_replacement_and_weights():
+    group, aug, sel, rank, r, _ = synthetic_candidates(50, 10)
+    chosen, weight = sample_groups(group, aug, sel, rank, r, AugmentConfig(k=10, m=3))
+    for g in range(50):
+        mine = group[chosen] == g
+        picks, w = aug[chosen][mine], weight[mine]
+        assert len(picks) == 3 and len(set(picks.tolist())) == 3
+        assert np.allclose(w, sel[chosen][mine] / sel[chosen][mine].sum(), atol=1e-6)
+
+
+def test_the_sampler_is_sparks_window_sampler(spark):
+    """The numpy sampler draws what the Spark SQL windows it replaced drew (same hash, same keys,
+    same sums in the same order): the same seed gives the same table as before the Arrow pass."""
+    from pyspark.sql import Window
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    group = rng.integers(0, 300, n)
+    aug = rng.integers(0, 10**6, n)
+    group, aug = np.unique(np.stack([group, aug], 1), axis=0).T  # one row per (group, candidate)
+    sel = rng.uniform(0.0, 1.0, len(group))
+    for sampler in ("importance", "uniform"):
+        cfg = AugmentConfig(k=50, m=3, sampler=sampler)
+        df = spark.createDataFrame([(int(g), int(a), float(x)) for g, a, x in zip(group, aug, sel, strict=True)],
+                                   "user_id bigint, aug_item_id bigint, sel double")
+        whole = Window.partitionBy("user_id").orderBy("aug_item_id").rowsBetween(Window.unboundedPreceding,
+                                                                                 Window.unboundedFollowing)
+        floor = F.greatest(F.col("sel"), F.lit(cfg.min_score))
+        prob = floor / F.sum(floor).over(whole) if sampler == "importance" else F.lit(1.0) / F.count(F.lit(1)).over(whole)
+        h = F.xxhash64(F.lit(7), "user_id", "user_id", F.lit("i2i"), "aug_item_id")
+        u = (F.pmod(h, F.lit(2**53)).cast("double") + F.lit(0.5)) / F.lit(float(2**53))
+        pick = Window.partitionBy("user_id").orderBy(F.col("_key").desc(), F.col("aug_item_id").asc())
+        chosen = (df.withColumn("_key", F.log(u) / prob).withColumn("_p", F.row_number().over(pick))
+                  .where("_p <= 3").withColumn("w", (floor / F.sum(floor).over(whole)).cast("float")))
+        expected = sorted((r.user_id, r.aug_item_id, r.w) for r in chosen.collect())
+        from divspa.xxhash import uniform, xxhash64
+
+        r = uniform(xxhash64(7, group, group, "i2i", aug))
+        idx, weight = sample_groups(group, aug, sel, np.ones(len(group), np.int64), r, cfg)
+        got = sorted(zip(group[idx].tolist(), aug[idx].tolist(), weight.tolist(), strict=True))
+        assert got == expected, sampler
+
+
+def test_calibrate_draws_items_as_often_as_they_are_clicked(augmented):
+    """augment.calibrate = 1: each strategy's augmented items move towards the click log's own
+    popularity (total variation distance to the fitted clicks' item shares falls)."""
+    from divspa.stages.augment import augmented as augmented_rows
+
+    ctx = augmented
+    clicks = ctx.read("train_examples").where(~F.col("is_val")).groupBy("item_id").count().collect()
+    share = {r.item_id: r["count"] for r in clicks}
+    total = sum(share.values())
+
+    def distance(df) -> dict[str, float]:
+        out = {}
+        for s in ("u2i", "i2i", "u2u2i"):
+            counts = {r.aug_item_id: r["count"] for r in df.where(F.col("strategy") == s).groupBy("aug_item_id").count().collect()}
+            n = sum(counts.values())
+            items = set(counts) | set(share)
+            out[s] = 0.5 * sum(abs(counts.get(v, 0) / n - share.get(v, 0) / total) for v in items)
+        return out
+
+    paper = ctx.read("augmented_positives").where(F.col("model_version") == BASE_VERSION)
+    ctx.cfg.augment.calibrate = 1.0
+    try:
+        cal = augmented_rows(ctx, BASE_VERSION).cache()
+    finally:
+        ctx.cfg.augment.calibrate = 0.0
+    before, after = distance(paper), distance(cal)
+    assert all(after[s] < before[s] for s in before), (before, after)
+    groups = cal.groupBy("user_id", "item_id", "strategy").agg(F.sum("weight").alias("w"), F.count("*").alias("n"))
+    assert groups.where(F.abs(F.col("w") - 1.0) > 1e-5).count() == 0 and groups.where("n > 3").count() == 0
+    assert groups.count() == paper.select("user_id", "item_id", "strategy").distinct().count()

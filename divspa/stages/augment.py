@@ -13,7 +13,15 @@ from typing import Any
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from divspa.augment import candidates, excluded_clicks, sample
+from divspa.augment import (
+    ItemSide,
+    augmented_rows,
+    calibrated,
+    candidates,
+    excluded_clicks,
+    item_side,
+    user_rows,
+)
 from divspa.runtime import RunContext
 from divspa.spark import session_conf
 from divspa.stages.retrieve import embeddings
@@ -24,8 +32,8 @@ NAME = "augment"
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def candidate_rows(ctx: RunContext, version: str) -> DataFrame:
-    """Every positive's ranked candidates per strategy, before sampling (see divspa.augment.candidates)."""
+def inputs(ctx: RunContext, version: str) -> tuple[DataFrame, ItemSide]:
+    """One row per user with a positive (see divspa.augment.user_rows) and the broadcast items' side."""
     acfg = ctx.cfg.augment
     examples = ctx.read("train_examples")
     positives = examples.where(~F.col("is_val")).select("user_id", "item_id").distinct()
@@ -35,16 +43,23 @@ def candidate_rows(ctx: RunContext, version: str) -> DataFrame:
         peers = ctx.read("user_histories").select("user_id", F.explode("history").alias("item_id")).distinct()
     else:
         peers = examples.select("user_id", "item_id").distinct()
-    item_clicks = positives.groupBy("item_id").agg(F.count(F.lit(1)).alias("n")) if acfg.popularity_debias else None
-    return candidates(acfg, positives, seen, nb, peers, embeddings(ctx, "user_embeddings", "user_id", version),
-                      embeddings(ctx, "item_embeddings", "item_id", version), item_clicks)
+    by_item = positives.groupBy("item_id").agg(F.count(F.lit(1)).alias("n"))
+    item_clicks = by_item if acfg.popularity_debias or acfg.calibrate else None
+    users = user_rows(acfg, positives, seen, nb, peers, embeddings(ctx, "user_embeddings", "user_id", version))
+    side = item_side(acfg, embeddings(ctx, "item_embeddings", "item_id", version), nb, item_clicks)
+    return users, calibrated(acfg, users, side, by_item) if acfg.calibrate else side
+
+
+def candidate_rows(ctx: RunContext, version: str) -> DataFrame:
+    """Every positive's ranked candidates per strategy, before sampling (see divspa.augment.candidates)."""
+    return candidates(ctx.cfg.augment, *inputs(ctx, version))
 
 
 def augmented(ctx: RunContext, version: str) -> DataFrame:
     acfg = ctx.cfg.augment
-    rows = sample(candidate_rows(ctx, version), acfg, ctx.cfg.run.seed)
-    return rows.select("user_id", "item_id", "strategy", "aug_item_id", F.col("rank").cast("int").alias("rank"),
-                       "score", "weight", F.lit(acfg.sampler).alias("sampler"), F.lit(version).alias("model_version"),
+    rows = augmented_rows(acfg, *inputs(ctx, version), ctx.cfg.run.seed)
+    return rows.select("user_id", "item_id", "strategy", "aug_item_id", "rank", "score", "weight",
+                       F.lit(acfg.sampler).alias("sampler"), F.lit(version).alias("model_version"),
                        F.lit(ctx.run_id).alias("run_id"))
 
 
