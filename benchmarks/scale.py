@@ -156,6 +156,10 @@ def main() -> None:
             kinds = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(mem.at_peak.items()))
             print(f"{n:>9,} users  {stage:<11} {wall:8.1f}s  peak RSS {mem.peak:8,.0f} MB  "
                   f"PSS {mem.peak_pss:8,.0f} MB ({kinds})", flush=True)
+        if "retrieve" in stages:  # the approximate index's recall, measured by the stage on its own vectors
+            recalls = ctx.read("metrics").where("stage = 'retrieve' and metric = 'ann_recall'").collect()
+            print(f"{n:>9,} users: recall@k against exact search " + ", ".join(
+                f"{r['model']} {r['value']:.4f}" for r in sorted(recalls, key=lambda r: r["model"])), flush=True)
         clicks = ctx.warehouse.row_count("clicks", where={"run_id": ctx.run_id})
         aug = ctx.warehouse.row_count("augmented_positives", where={"run_id": ctx.run_id})
         print(f"{n:>9,} users: {items:,} items, {clicks:,} clicks, {aug:,} augmented positives", flush=True)
