@@ -44,11 +44,11 @@ def _vectors(table: pa.Table | pa.RecordBatch, column: str = "vector") -> np.nda
     return flat.reshape(n, -1) if n else np.empty((0, 0), np.float32)
 
 
-def _shard_bytes(ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int) -> bytes:
+def _shard_bytes(ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int, k: int) -> bytes:
     order = np.argsort(ids, kind="stable")  # the index never depends on row order
     ids, vectors = ids[order], normalise(vectors[order])
     buf = io.BytesIO()
-    np.savez(buf, index=np.frombuffer(serialize(build_index(vectors, cfg, seed)), np.uint8), ids=ids, vectors=vectors)
+    np.savez(buf, index=np.frombuffer(serialize(build_index(vectors, cfg, seed, k)), np.uint8), ids=ids, vectors=vectors)
     return buf.getvalue()
 
 
@@ -78,8 +78,9 @@ class Corpus:
 
 
 def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: str, seed: int,
-                   settings: StorageSettings | None = None) -> Corpus:
-    """Index the corpus (id, vector) for search, broadcast or sharded by its size.
+                   settings: StorageSettings | None = None, k: int = 50) -> Corpus:
+    """Index the corpus (id, vector) for search, broadcast or sharded by its size (k: the neighbours
+    searches keep, for an IVF index's tuned nprobe).
 
     Shards too large to broadcast are written under `scratch` (a path or URI every executor
     reaches), read back with `settings`."""
@@ -94,7 +95,7 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
     shards = cfg.shards or (1 if mb <= cfg.broadcast_max_mb else math.ceil(mb / cfg.broadcast_max_mb))
     if shards == 1 and not cfg.shards:
         table = corpus.select("id", "vector").toArrow()
-        data = _shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed)
+        data = _shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed, k)
         log.info("%s: broadcasting a %s index of %d vectors (%.1f MB)", name, cfg.index, n, len(data) / 2**20)
         return Corpus(broadcast=spark.sparkContext.broadcast(data), key=hashlib.sha256(data).hexdigest())
     base = join(scratch, name)
@@ -102,7 +103,7 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
     def build(table: pa.Table) -> pa.Table:
         shard = int(table.column("shard")[0].as_py())
         path = join(base, f"shard-{shard:05d}.npz")
-        settings.write_bytes(path, _shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed + shard))
+        settings.write_bytes(path, _shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed + shard, k))
         return pa.table({"shard": pa.array([shard], pa.int32()), "path": [path], "rows": pa.array([table.num_rows], pa.int64())})
 
     built = (

@@ -44,7 +44,7 @@ def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str]
     parts: list[DataFrame] = []
     searches = {} if searches is None else searches
     if {"u2i", "i2i"} & set(strategies):
-        item_corpus = prepare_corpus(items, rcfg, scratch, "items", seed, storage.settings())
+        item_corpus = prepare_corpus(items, rcfg, scratch, "items", seed, storage.settings(), rcfg.k)
     if "u2i" in strategies:
         seen = (excluded_clicks(ctx.read("train_examples"), ctx.cfg.augment.exclude)
                 .groupBy(F.col("user_id").alias("id")).agg(F.sort_array(F.collect_set("item_id")).alias("exclude")))
@@ -60,7 +60,7 @@ def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str]
         parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("i2i")))
         searches["i2i"] = (q, items, rcfg.k)
     if "u2u" in strategies:
-        user_corpus = prepare_corpus(users, rcfg, scratch, "users", seed, storage.settings())
+        user_corpus = prepare_corpus(users, rcfg, scratch, "users", seed, storage.settings(), rcfg.k_users)
         q = users.select(F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
         parts.append(knn(q, user_corpus, rcfg.k_users, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("u2u")))
         searches["u2u"] = (q, users, rcfg.k_users)
