@@ -56,6 +56,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from divspa.config import AugmentConfig
+from divspa.retrieval.spark_knn import list_vectors
 from divspa.xxhash import uniform, xxhash64
 
 log = logging.getLogger(__name__)
@@ -173,10 +174,7 @@ def item_side(cfg: AugmentConfig, items: DataFrame, neighbours: DataFrame, item_
     table = items.select("id", "vector").toArrow()
     ids = table.column("id").to_numpy()
     order = np.argsort(ids, kind="stable")
-    col = table.column("vector").combine_chunks()
-    flat = np.asarray(pc.list_flatten(col).to_numpy(zero_copy_only=False), np.float32)
-    vectors = flat.reshape(len(ids), -1)[order] if len(ids) else np.empty((0, 0), np.float32)
-    ids = ids[order].astype(np.int64)
+    vectors, ids = list_vectors(table)[order], ids[order].astype(np.int64)
     side = Items(ids, vectors, np.full((len(ids), 0), -1, np.int64), np.zeros((len(ids), 0), np.float32), None, 1.0)
     if "i2i" in cfg.strategies:
         nb = neighbours.where(F.col("strategy") == "i2i").select("query_id", "rank", "neighbour_id", "score").toArrow()
@@ -320,9 +318,7 @@ class Chunk:
     def __init__(self, table: pa.Table, items: Items) -> None:
         self.items = items
         self.user_ids = table.column("user_id").to_numpy().astype(np.int64)
-        col = table.column("_u").combine_chunks()
-        flat = np.asarray(pc.list_flatten(col).to_numpy(zero_copy_only=False), np.float64)
-        self.user_vecs = flat.reshape(len(self.user_ids), -1) if len(self.user_ids) else np.empty((0, 0))
+        self.user_vecs = list_vectors(table, "_u").astype(np.float64)
         self.pos_user, self.pos_item = _list_column(table, "pos")
         self.pos_item = self.pos_item.astype(np.int64)
         seen_user, seen_item = _list_column(table, "seen")

@@ -35,7 +35,8 @@ RESULT_SCHEMA = "query_id bigint not null, rank int not null, neighbour_id bigin
 _CACHE: dict[str, Shard] = {}  # per Python worker: broadcast digest -> shard
 
 
-def _vectors(table: pa.Table | pa.RecordBatch, column: str = "vector") -> np.ndarray:
+def list_vectors(table: pa.Table | pa.RecordBatch, column: str = "vector") -> np.ndarray:
+    """A list<float> column as an [n, d] float32 matrix."""
     col = table.column(column)
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
@@ -95,7 +96,7 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
     shards = cfg.shards or (1 if mb <= cfg.broadcast_max_mb else math.ceil(mb / cfg.broadcast_max_mb))
     if shards == 1 and not cfg.shards:
         table = corpus.select("id", "vector").toArrow()
-        data = _shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed, k)
+        data = _shard_bytes(table.column("id").to_numpy(), list_vectors(table), cfg, seed, k)
         log.info("%s: broadcasting a %s index of %d vectors (%.1f MB)", name, cfg.index, n, len(data) / 2**20)
         return Corpus(broadcast=spark.sparkContext.broadcast(data), key=hashlib.sha256(data).hexdigest())
     base = join(scratch, name)
@@ -103,7 +104,7 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
     def build(table: pa.Table) -> pa.Table:
         shard = int(table.column("shard")[0].as_py())
         path = join(base, f"shard-{shard:05d}.npz")
-        settings.write_bytes(path, _shard_bytes(table.column("id").to_numpy(), _vectors(table), cfg, seed + shard, k))
+        settings.write_bytes(path, _shard_bytes(table.column("id").to_numpy(), list_vectors(table), cfg, seed + shard, k))
         return pa.table({"shard": pa.array([shard], pa.int32()), "path": [path], "rows": pa.array([table.num_rows], pa.int64())})
 
     built = (
@@ -134,7 +135,7 @@ def _query_tables(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.T
 
 def _topk_rows(corpus: Corpus, k: int, table: pa.Table, batch: int = 4096) -> pa.RecordBatch:
     qids = table.column("query_id").to_numpy()
-    queries = normalise(_vectors(table))
+    queries = normalise(list_vectors(table))
     excl_col = table.column("exclude").combine_chunks()
     flat = np.asarray(pc.list_flatten(excl_col).to_numpy(zero_copy_only=False), dtype=np.int64)
     offsets = np.asarray(excl_col.offsets.to_numpy(), dtype=np.int64) - int(excl_col.offsets[0].as_py())
