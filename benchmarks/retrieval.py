@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from divspa.config import RetrieveConfig, SparkConfig  # noqa: E402
 from divspa.retrieval.index import Shard, build_index, normalise, search_topk  # noqa: E402
-from divspa.retrieval.spark_knn import Corpus, _query_tables, _topk_rows, _vectors, knn, prepare_corpus  # noqa: E402
+from divspa.retrieval.spark_knn import Corpus, _query_tables, _topk_rows, knn, list_vectors, prepare_corpus  # noqa: E402
 from divspa.spark import get_spark  # noqa: E402
 
 
@@ -52,8 +52,8 @@ def layer(corpus: Corpus, k: int, what: str):
         faiss.omp_set_num_threads(1)
         for table in _query_tables(batches, 4096):
             if what == "faiss":
-                shard = next(corpus.shards())
-                _, rows = shard.index.search(normalise(_vectors(table)), k)
+                shard = corpus.shards()[0]
+                _, rows = shard.index.search(normalise(list_vectors(table)), k)
                 n = int((rows >= 0).sum())
             else:
                 n = _topk_rows(corpus, k, table).num_rows

@@ -237,8 +237,8 @@ class RetrieveConfig:
     hnsw_m: int = _opt(32, ge=4)
     hnsw_ef_construction: int = _opt(128, ge=8)
     hnsw_ef_search: int = _opt(128, ge=8)
-    broadcast_max_mb: float = _opt(512.0, gt=0)  # larger corpora are sharded instead of broadcast
-    shards: int = _opt(0, ge=0)  # force this many shards (0 = only when over broadcast_max_mb)
+    broadcast_max_mb: float = _opt(512.0, gt=0)  # larger corpora are one memory-mapped index file instead
+    shards: int = _opt(0, ge=0)  # force this many hash shards, each a mapped index (0: one index)
     query_batch: int = _opt(4096, ge=1)  # queries a task searches at a time (broadcast corpus): bounds its memory
     partitions: int = _opt(0, ge=0)  # query partitions; 0 = the input's
     # With an approximate index (ivf, hnsw): this many hash-sampled queries per list are searched

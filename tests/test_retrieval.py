@@ -1,7 +1,8 @@
-"""faiss top-k through Spark equals a numpy brute force, broadcast and sharded, with exclusions."""
+"""faiss top-k through Spark equals a numpy brute force, broadcast, mapped and sharded, with exclusions."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from divspa.config import RetrieveConfig
 from divspa.retrieval.index import Shard, build_index, normalise, search_topk
-from divspa.retrieval.spark_knn import knn, prepare_corpus
+from divspa.retrieval.spark_knn import SHARD_FILES, knn, prepare_corpus
 
 
 def brute_force(queries, qids, corpus, cids, exclude, k):
@@ -31,9 +32,13 @@ def spark_frames(spark, qids, queries, exclude, cids, corpus):
     return q, c
 
 
-@pytest.mark.parametrize("shards", [0, 3])
-@pytest.mark.parametrize("case", ["u2i", "i2i", "u2u"])
-def test_spark_topk_equals_brute_force(spark, tmp_path, shards, case):
+# How tasks reach the corpus: broadcast (small), one memory-mapped index (over broadcast_max_mb),
+# three hash shards, each mapped and merged per query.
+CORPUS_WAYS = {"broadcast": RetrieveConfig(), "mapped": RetrieveConfig(broadcast_max_mb=0.001),
+               "shards": RetrieveConfig(shards=3)}
+
+
+def _topk_case(spark, case: str):
     rng = np.random.default_rng(0)
     cids = rng.choice(100_000, 300, replace=False).astype(np.int64)
     corpus = rng.normal(size=(300, 16)).astype(np.float32)
@@ -45,22 +50,44 @@ def test_spark_topk_equals_brute_force(spark, tmp_path, shards, case):
         pick = rng.choice(300, 40, replace=False)
         qids, queries = cids[pick], corpus[pick]
         exclude = [np.array([q]) for q in qids]
-    k = 7
     q, c = spark_frames(spark, qids, queries, exclude, cids, corpus)
-    cfg = RetrieveConfig(shards=shards)
-    prepared = prepare_corpus(c, cfg, str(tmp_path / "scratch"), case, seed=1)
-    assert (prepared.broadcast is None) == (shards > 0)
+    return q, c, brute_force(queries, qids, corpus, cids, exclude, 7), dict(zip(qids.tolist(), exclude, strict=True))
+
+
+def _assert_topk(q, prepared, expected, exclude) -> None:
     got: dict[int, list] = {}
-    # 40 queries in 3 partitions, searched 5 at a time (a broadcast corpus) or whole (shards)
-    for r in knn(q, prepared, k, partitions=3, batch=5).orderBy("query_id", "rank").collect():
+    # 40 queries in 3 partitions, searched 5 at a time
+    for r in knn(q, prepared, 7, partitions=3, batch=5).orderBy("query_id", "rank").collect():
         got.setdefault(r["query_id"], []).append((r["neighbour_id"], r["score"]))
-    expected = brute_force(queries, qids, corpus, cids, exclude, k)
     assert set(got) == set(expected)
     for qid, rows in expected.items():
         assert [i for i, _ in got[qid]] == [i for i, _ in rows]
         assert np.allclose([s for _, s in got[qid]], [s for _, s in rows], atol=1e-6)
-        excluded = set(exclude[list(qids).index(qid)].tolist())
-        assert not excluded & {i for i, _ in got[qid]}
+        assert not set(exclude[qid].tolist()) & {i for i, _ in got[qid]}
+
+
+@pytest.mark.parametrize("way", list(CORPUS_WAYS))
+@pytest.mark.parametrize("case", ["u2i", "i2i", "u2u"])
+def test_spark_topk_equals_brute_force(spark, tmp_path, way, case):
+    q, c, expected, exclude = _topk_case(spark, case)
+    prepared = prepare_corpus(c, CORPUS_WAYS[way], str(tmp_path / "scratch"), case, seed=1)
+    assert (prepared.broadcast is None) == (way != "broadcast")
+    assert len(prepared.paths) == {"broadcast": 0, "mapped": 1, "shards": 3}[way]
+    for path in prepared.paths:  # plain files a worker maps, not bytes it copies
+        assert sorted(os.listdir(path)) == sorted(SHARD_FILES)
+    _assert_topk(q, prepared, expected, exclude)
+
+
+def test_a_corpus_mapped_from_an_object_store(spark, s3, tmp_path):
+    """Scratch on S3: each host copies the index files once into its SparkFiles directory and maps them."""
+    from divspa.storage import StorageSettings
+
+    q, c, expected, exclude = _topk_case(spark, "u2i")
+    settings = StorageSettings(spark_conf=s3.spark_conf())
+    prepared = prepare_corpus(c, CORPUS_WAYS["mapped"], f"s3a://{s3.bucket}/scratch", "u2i", seed=1, settings=settings)
+    assert prepared.paths == (f"s3a://{s3.bucket}/scratch/u2i/shard-00000",)
+    assert sorted(k.rsplit("/", 1)[1] for k in s3.keys("scratch/")) == sorted(SHARD_FILES)
+    _assert_topk(q, prepared, expected, exclude)
 
 
 def test_true_topk_survives_long_exclusion_lists():

@@ -30,11 +30,20 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
 
 # Corpus vectors searched as queries when IVF's nprobe is tuned (retrieve.ivf_nprobe = 0).
 TUNE_QUERIES = 500
+TRAIN_POINTS_PER_LIST = 64  # k-means sample per IVF list (faiss warns below 39)
+
+
+def nprobe_steps(nlist: int) -> list[int]:
+    """The nprobe values tuning tries: powers of two and 1.5 times them (1, 2, 3, 4, 6, 8, 12, ...),
+    up to nlist. Powers of two alone overshot: u2u on 941k users needed 32 lists for recall@20
+    0.9735 and so got 64, at half the speed."""
+    steps = sorted({s for i in range(max(1, nlist).bit_length() + 1) for s in (2**i, 3 * 2**i // 2) if s < nlist})
+    return [*steps, nlist]
 
 
 def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: float, seed: int) -> tuple[int, float]:
-    """(nprobe, recall@k there): the smallest power of two whose recall@k, for a seeded sample of
-    the corpus's own vectors as queries against exact search, reaches `target`.
+    """(nprobe, recall@k there): the smallest of `nprobe_steps` whose recall@k, for a seeded sample
+    of the corpus's own vectors as queries against exact search, reaches `target`.
 
     How many lists a query must visit depends on how clustered the vectors are, which a fixed
     default cannot know: nprobe 16 gave i2i recall@50 0.79 on 18,000 items (BENCHMARKS, "Scale")."""
@@ -45,14 +54,14 @@ def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: floa
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
     _, truth = exact.search(queries, k)
-    nprobe, recall = 1, 0.0
-    while True:
+    recall = 0.0
+    for nprobe in nprobe_steps(index.nlist):
         index.nprobe = nprobe
         _, got = index.search(queries, k)
         recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got.tolist(), truth.tolist(), strict=True)]))
-        if recall >= target or nprobe >= index.nlist:
-            return nprobe, recall
-        nprobe = min(2 * nprobe, index.nlist)
+        if recall >= target:
+            break
+    return index.nprobe, recall
 
 
 def build_index(vectors: np.ndarray, cfg: RetrieveConfig, seed: int = 0, k: int = 50) -> faiss.Index:
@@ -66,6 +75,9 @@ def build_index(vectors: np.ndarray, cfg: RetrieveConfig, seed: int = 0, k: int 
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
+        # k-means on 64 points per list, not faiss's 256: at 1M user vectors (3,880 lists) training
+        # took 17.6 s instead of 65.9 s for the same recall@20 (0.972 vs 0.974 at nprobe 32)
+        index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
         index.train(vectors)
         index.add(vectors)
         if cfg.ivf_nprobe:
