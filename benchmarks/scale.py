@@ -6,7 +6,7 @@
 
 Video (paper, Table 2): 11.62M users, 0.42M items, 25.34M clicks, i.e. per user 0.036 items
 and 2.18 clicks. Each rung runs ingest -> augment (base trained for --epochs epochs; IVF index;
-user corpus sharded) and records wall time and the peak memory (RSS and PSS) of the whole
+user corpus over 64 MB memory-mapped) and records wall time and the peak memory (RSS and PSS) of the whole
 process tree (Python driver, Spark JVM, Python workers) per stage. Fits time ~ a * users^b per stage
 and extrapolates to the full Video size on this machine.
 """

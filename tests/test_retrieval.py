@@ -230,3 +230,20 @@ def test_retrieve_writes_recall_to_metrics(trained, tmp_path):
 
     page = Path(write_report(ctx)).read_text()
     assert "recall against exact search" in page and "<td>u2u</td><td>5</td><td>1</td>" in page
+
+
+def test_a_corpus_searching_itself_is_tuned_to_min_recall_without_counting_itself():
+    """u2u: the queries are the corpus, so tuning aims at min_recall (plus a margin), measured on
+    the neighbours other than the query itself; the result holds for the rest of the corpus."""
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(40, 16))
+    corpus = normalise((centres[rng.integers(0, 40, 8000)] + 0.6 * rng.normal(size=(8000, 16))).astype(np.float32))
+    cfg = RetrieveConfig(index="ivf", min_recall=0.9)
+    itself = build_index(corpus, cfg, seed=1, k=20, self_search=True)
+    others = build_index(corpus, cfg, seed=1, k=20)
+    assert itself.nprobe < others.nprobe  # 0.91 instead of 0.95
+    queries = corpus[rng.choice(8000, 300, replace=False)]
+    _, truth = build_index(corpus, RetrieveConfig(index="flat")).search(queries, 21)
+    _, got = itself.search(queries, 21)
+    recall = np.mean([len(set(a[1:]) & set(b[1:])) / 20 for a, b in zip(got.tolist(), truth.tolist(), strict=True)])
+    assert recall >= 0.9

@@ -54,10 +54,12 @@ def _sorted(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return ids[order], normalise(vectors[order])
 
 
-def _shard_bytes(ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int, k: int) -> bytes:
+def _shard_bytes(ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int, k: int,
+                 self_search: bool) -> bytes:
     ids, vectors = _sorted(ids, vectors)
+    index = build_index(vectors, cfg, seed, k, self_search)
     buf = io.BytesIO()
-    np.savez(buf, index=np.frombuffer(serialize(build_index(vectors, cfg, seed, k)), np.uint8), ids=ids, vectors=vectors)
+    np.savez(buf, index=np.frombuffer(serialize(index), np.uint8), ids=ids, vectors=vectors)
     return buf.getvalue()
 
 
@@ -73,10 +75,10 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def write_mapped_shard(location: str, ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int, k: int,
-                       settings: StorageSettings) -> None:
+                       self_search: bool, settings: StorageSettings) -> None:
     """The shard's index, ids and normalised vectors as the files of SHARD_FILES under `location`."""
     ids, vectors = _sorted(ids, vectors)
-    index = build_index(vectors, cfg, seed, k)
+    index = build_index(vectors, cfg, seed, k, self_search)
     settings.write_bytes(join(location, "ids.npy"), _npy_bytes(ids))
     settings.write_bytes(join(location, "vectors.npy"), _npy_bytes(vectors))
     settings.write_bytes(join(location, "index.faiss"), serialize(index))  # last: the shard is whole once it exists
@@ -132,9 +134,10 @@ class Corpus:
 
 
 def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: str, seed: int,
-                   settings: StorageSettings | None = None, k: int = 50) -> Corpus:
-    """Index the corpus (id, vector) for search, broadcast or mapped by its size (k: the neighbours
-    searches keep, for an IVF index's tuned nprobe).
+                   settings: StorageSettings | None = None, k: int = 50, self_search: bool = False) -> Corpus:
+    """Index the corpus (id, vector) for search, broadcast or mapped by its size (k and
+    self_search: the neighbours searches keep and whether the corpus will search itself, for an
+    IVF index's tuned nprobe, see `build_index`).
 
     Mapped indexes are written under `scratch` (a path or URI every executor reaches), read back
     with `settings`."""
@@ -148,7 +151,7 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
     mb = n * d * 4 * 2 * overhead / 2**20  # vectors twice (index + exact re-scoring copy)
     if not cfg.shards and mb <= cfg.broadcast_max_mb:
         table = corpus.select("id", "vector").toArrow()
-        data = _shard_bytes(table.column("id").to_numpy(), list_vectors(table), cfg, seed, k)
+        data = _shard_bytes(table.column("id").to_numpy(), list_vectors(table), cfg, seed, k, self_search)
         log.info("%s: broadcasting a %s index of %d vectors (%.1f MB)", name, cfg.index, n, len(data) / 2**20)
         return Corpus(broadcast=spark.sparkContext.broadcast(data), key=hashlib.sha256(data).hexdigest())
     shards = cfg.shards or 1
@@ -159,7 +162,8 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
         if shards == 1:  # the job's only task: training the IVF quantizer may use the host's cores
             faiss.omp_set_num_threads(os.cpu_count() or 1)
         path = join(base, f"shard-{shard:05d}")
-        write_mapped_shard(path, table.column("id").to_numpy(), list_vectors(table), cfg, seed + shard, k, settings)
+        write_mapped_shard(path, table.column("id").to_numpy(), list_vectors(table), cfg, seed + shard, k, self_search,
+                           settings)
         return pa.table({"shard": pa.array([shard], pa.int32()), "path": [path], "rows": pa.array([table.num_rows], pa.int64())})
 
     built = (

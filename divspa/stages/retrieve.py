@@ -60,7 +60,8 @@ def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str]
         parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("i2i")))
         searches["i2i"] = (q, items, rcfg.k)
     if "u2u" in strategies:
-        user_corpus = prepare_corpus(users, rcfg, scratch, "users", seed, storage.settings(), rcfg.k_users)
+        user_corpus = prepare_corpus(users, rcfg, scratch, "users", seed, storage.settings(), rcfg.k_users,
+                                     self_search=True)
         q = users.select(F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
         parts.append(knn(q, user_corpus, rcfg.k_users, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("u2u")))
         searches["u2u"] = (q, users, rcfg.k_users)
@@ -104,11 +105,14 @@ def ann_recall(queries: DataFrame, corpus: DataFrame, approx: DataFrame, k: int,
     exact_corpus = prepare_corpus(corpus, dataclasses.replace(rcfg, index="flat", shards=0), scratch, "exact", seed,
                                   storage.settings())
     exact = knn(sample, exact_corpus, k, 0, rcfg.query_batch).groupBy("query_id").agg(
-        F.collect_set("neighbour_id").alias("e"))
-    found = approx.groupBy("query_id").agg(F.collect_set("neighbour_id").alias("a"))
+        F.collect_set("neighbour_id").alias("e")).cache()
+    # Only the sampled queries' approximate rows are grouped (the whole u2i list is 47M rows at 1M users).
+    found = (approx.join(F.broadcast(exact.select("query_id")), "query_id", "left_semi")
+             .groupBy("query_id").agg(F.collect_set("neighbour_id").alias("a")))
     per_query = exact.join(found, "query_id", "left").select(
         (F.size(F.array_intersect("e", F.coalesce("a", F.array().cast("array<bigint>")))) / F.size("e")).alias("r"))
     row = per_query.agg(F.avg("r").alias("recall"), F.count(F.lit(1)).alias("n")).first()
+    exact.unpersist()
     return float(row["recall"] if row["recall"] is not None else 1.0), int(row["n"])
 
 
