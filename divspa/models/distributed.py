@@ -93,7 +93,7 @@ def train(job: TrainJob, bundle: ModelBundle) -> TrainReport:
     return TrainReport(**figures)
 
 
-def rank_main(job: TrainJob) -> dict[str, Any] | None:
+def rank_main(job: TrainJob) -> dict[str, Any]:
     """One rank (run by torchrun): train on this rank's share; rank 0 writes the checkpoint."""
     import torch.distributed as dist
 
@@ -116,10 +116,14 @@ def rank_main(job: TrainJob) -> dict[str, Any] | None:
         trainer = trainer_for(job.kind)(job.cfg, bundle, job.snapshot.dataset(), job.run_id, where=job.where,
                                         shard=(rank, world))
         report = trainer.fit(job.epochs)
-        if rank != 0:
-            return None
-        _finish(bundle, trainer, report, job.checkpoint)
-        return asdict(report)
+        if rank == 0:
+            _finish(bundle, trainer, report, job.checkpoint)
+        # Every rank returns rank 0's figures (once its checkpoint is written): TorchDistributor's
+        # script has each rank write its return value to one file, the last writer winning, and a
+        # rank that returned None after rank 0 lost the result (seen once in CI).
+        figures = [asdict(report) if rank == 0 else None]
+        dist.broadcast_object_list(figures, src=0)
+        return figures[0]
     finally:
         dist.destroy_process_group()
 
