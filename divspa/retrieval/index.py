@@ -54,8 +54,8 @@ def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: floa
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, min(TUNE_QUERIES, n), replace=False))
     queries = vectors[rows]
-    if not self_search:
-        rows = np.full(len(rows), -1)  # nothing to drop but faiss's -1 for a missing slot
+    # what each query's results drop: itself (self_search), else only faiss's -1 for a missing slot
+    own = rows.tolist() if self_search else [-1] * len(rows)
     k = min(k, n - 1 if self_search else n)
     depth = k + 1 if self_search else k
     exact = faiss.IndexFlatIP(vectors.shape[1])
@@ -63,7 +63,7 @@ def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: floa
 
     def top(ix: faiss.Index) -> list[set[int]]:  # each query's k best, by the index's ranking
         _, got = ix.search(queries, depth)
-        return [set([g for g in row if g != r][:k]) for row, r in zip(got.tolist(), rows.tolist(), strict=True)]
+        return [set([g for g in row if g != r][:k]) for row, r in zip(got.tolist(), own, strict=True)]
 
     truth = top(exact)
     recall = 0.0

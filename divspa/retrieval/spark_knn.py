@@ -49,15 +49,17 @@ def list_vectors(table: pa.Table | pa.RecordBatch, column: str = "vector") -> np
     return flat.reshape(n, -1) if n else np.empty((0, 0), np.float32)
 
 
-def _sorted(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(ids, kind="stable")  # the index never depends on row order
-    return ids[order], normalise(vectors[order])
+def _indexed(ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int, k: int,
+             self_search: bool) -> tuple[np.ndarray, np.ndarray, faiss.Index]:
+    """(ids, normalised vectors, index) of one shard, in id order: the index never depends on row order."""
+    order = np.argsort(ids, kind="stable")
+    ids, vectors = ids[order], normalise(vectors[order])
+    return ids, vectors, build_index(vectors, cfg, seed, k, self_search)
 
 
 def _shard_bytes(ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int, k: int,
                  self_search: bool) -> bytes:
-    ids, vectors = _sorted(ids, vectors)
-    index = build_index(vectors, cfg, seed, k, self_search)
+    ids, vectors, index = _indexed(ids, vectors, cfg, seed, k, self_search)
     buf = io.BytesIO()
     np.savez(buf, index=np.frombuffer(serialize(index), np.uint8), ids=ids, vectors=vectors)
     return buf.getvalue()
@@ -77,8 +79,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 def write_mapped_shard(location: str, ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int, k: int,
                        self_search: bool, settings: StorageSettings) -> None:
     """The shard's index, ids and normalised vectors as the files of SHARD_FILES under `location`."""
-    ids, vectors = _sorted(ids, vectors)
-    index = build_index(vectors, cfg, seed, k, self_search)
+    ids, vectors, index = _indexed(ids, vectors, cfg, seed, k, self_search)
     settings.write_bytes(join(location, "ids.npy"), _npy_bytes(ids))
     settings.write_bytes(join(location, "vectors.npy"), _npy_bytes(vectors))
     settings.write_bytes(join(location, "index.faiss"), serialize(index))  # last: the shard is whole once it exists
