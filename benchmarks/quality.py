@@ -68,6 +68,10 @@ VARIANTS: dict[str, dict] = {
     # Not in the paper: candidates drawn by click share over proposal share (augment.calibrate).
     "calibrate_1": {"calibrate": 1.0},
     "rank_neighbour_calibrate_1": {"rank_by": "neighbour", "calibrate": 1.0},
+    # Not in the paper: one beta per strategy (divspa.beta_<strategy>).
+    "i2i_beta_0.3": {"betas": {"i2i": 0.3}},
+    "rank_neighbour_i2i_beta_0.3": {"rank_by": "neighbour", "betas": {"i2i": 0.3}},
+    "rank_neighbour_i2i_0.3_u2i_0.05": {"rank_by": "neighbour", "betas": {"i2i": 0.3, "u2i": 0.05}},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
 AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",
@@ -160,6 +164,9 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
             augmented_with = want
         ctx.cfg.augment.strategies = list(spec.get("strategies", default.augment.strategies))
         ctx.cfg.divspa.beta = spec.get("beta", default.divspa.beta)
+        for strategy in ALL:  # per-strategy beta (divspa.beta_<strategy>), None = the shared one
+            key = f"beta_{strategy}"
+            setattr(ctx.cfg.divspa, key, spec.get("betas", {}).get(strategy, getattr(default.divspa, key)))
         version = f"bench-{name}"
         train_student(ctx, f"bench.{name}", BASE_VERSION, version)
         student = load_checkpoint(checkpoint_path(ctx, version))

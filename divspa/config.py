@@ -298,6 +298,12 @@ class DivspaConfig:
     # Weight of the augmented positives' losses (Eq. 3) or vectors (Eq. 2). The paper grid-searches it;
     # 0.1 won on MovieLens-100K (0.5 let the teacher's picks outweigh the real positive: see BENCHMARKS).
     beta: float = _opt(0.1, ge=0)
+    # Not in the paper: one strategy's own beta in place of `beta` (None = `beta`, the paper's one
+    # weight for all). The strategies teach different things: u2i and u2u2i mostly the head items
+    # the teacher ranks high for everyone, i2i the items next to each click (half of them long-tail).
+    beta_u2i: float | None = _opt(None, ge=0)
+    beta_i2i: float | None = _opt(None, ge=0)
+    beta_u2u2i: float | None = _opt(None, ge=0)
     mixup: Literal["output", "representation"] = "output"  # Eq. 3 (the paper's choice) or Eq. 2
     rounds: int = _opt(1, ge=1)  # rounds of self-distillation: each student teaches the next
     # How long a student trains. "early_stopping": on its validation HR, like the base model (with
@@ -306,6 +312,11 @@ class DivspaConfig:
     # "teacher": exactly the teacher's best epoch count, keeping the last weights. Measured on ML-100K
     # (BENCHMARKS, "Still open"): no better in accuracy and significantly less diverse, so not the default.
     student_epochs: Literal["early_stopping", "teacher"] = "early_stopping"
+
+    def strategy_betas(self) -> dict[str, float]:
+        """Each strategy's beta: its own where set, else the shared one."""
+        own = {"u2i": self.beta_u2i, "i2i": self.beta_i2i, "u2u2i": self.beta_u2u2i}
+        return {s: self.beta if b is None else b for s, b in own.items()}
 
 
 @dataclass

@@ -58,3 +58,32 @@ def test_gradients_flow_to_augmented_items():
     t["aug"] = t["aug"].clone().requires_grad_(True)
     mixup_loss(**t, beta=BETA).backward()
     assert t["aug"].grad is not None and float(t["aug"].grad.abs().sum()) > 0
+
+
+def test_each_augmented_positive_may_carry_its_strategys_beta():
+    betas = [0.5, 0.2]  # e.g. the first from i2i, the second from u2i
+    got = float(mixup_loss(**tensors(), beta=torch.tensor([betas])))
+    expected = l_ori(U, VPOS, NEG, OMEGA) + sum(
+        b * w * l_ori(U, a, NEG, OMEGA) for b, w, a in zip(betas, W, AUG, strict=True))
+    assert abs(got - expected) < 1e-5
+    mixed = [VPOS[d] + sum(b * w * a[d] for b, w, a in zip(betas, W, AUG, strict=True)) for d in range(2)]
+    got = float(mixup_loss(**tensors(), beta=torch.tensor([betas]), mode="representation"))
+    assert abs(got - l_ori(U, mixed, NEG, OMEGA)) < 1e-5
+    # one value everywhere is the shared beta
+    same = float(mixup_loss(**tensors(), beta=torch.tensor([[BETA, BETA]])))
+    assert abs(same - float(mixup_loss(**tensors(), beta=BETA))) < 1e-6
+
+
+def test_strategy_names_become_their_betas_position_by_position():
+    import pyarrow as pa
+
+    from divspa.config import DivspaConfig
+    from divspa.models.encoding import string_value_lists
+
+    cfg = DivspaConfig(beta=0.1, beta_i2i=0.3)
+    assert cfg.strategy_betas() == {"u2i": 0.1, "i2i": 0.3, "u2u2i": 0.1}
+    lists = pa.chunked_array([pa.array([["i2i", "u2i"], []], pa.list_(pa.string())),
+                              pa.array([["u2u2i", "other", "i2i"]], pa.list_(pa.string()))])
+    got = string_value_lists(lists, cfg.strategy_betas(), 3).tolist()
+    assert got == [[0.30000001192092896, 0.10000000149011612, 0.0], [0.0, 0.0, 0.0],
+                   [0.10000000149011612, 0.0, 0.30000001192092896]]

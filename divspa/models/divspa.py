@@ -15,31 +15,37 @@ import pyarrow.compute as pc
 import torch
 
 from divspa.models.data import encode_examples
+from divspa.models.encoding import string_value_lists
 from divspa.models.loss import sampled_softmax_loss
 from divspa.models.trainer import Trainer
 
 
 def mixup_loss(user: torch.Tensor, pos: torch.Tensor, aug: torch.Tensor, neg: torch.Tensor, pos_idx: torch.Tensor,
-               aug_idx: torch.Tensor, aug_w: torch.Tensor, neg_idx: torch.Tensor, omega: float, beta: float,
-               mode: str = "output", neg_logq: torch.Tensor | None = None,
+               aug_idx: torch.Tensor, aug_w: torch.Tensor, neg_idx: torch.Tensor, omega: float,
+               beta: float | torch.Tensor, mode: str = "output", neg_logq: torch.Tensor | None = None,
                pos_logq: torch.Tensor | None = None, aug_logq: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row loss. user [B,d]; pos [B,d]; aug [B,A,d] with indices aug_idx [B,A] (0 = none) and
-    weights aug_w [B,A] (0 for padding); neg [N,d] with indices neg_idx [N]."""
+    weights aug_w [B,A] (0 for padding); neg [N,d] with indices neg_idx [N]. beta: one weight, or
+    [B,A] (each augmented positive its strategy's beta)."""
     if mode == "representation":
-        mixed = pos + beta * (aug_w.unsqueeze(-1) * aug).sum(1)
+        scaled = beta * aug_w if isinstance(beta, torch.Tensor) else aug_w
+        mixed = (scaled.unsqueeze(-1) * aug).sum(1)
+        mixed = pos + (mixed if isinstance(beta, torch.Tensor) else beta * mixed)
         return sampled_softmax_loss(user, mixed, neg, pos_idx, neg_idx, omega, neg_logq, pos_logq)
     all_pos = torch.cat([pos.unsqueeze(1), aug], dim=1)
     all_idx = torch.cat([pos_idx.unsqueeze(1), aug_idx], dim=1)
     all_logq = torch.cat([pos_logq.unsqueeze(1), aug_logq], dim=1) if pos_logq is not None else None
     losses = sampled_softmax_loss(user, all_pos, neg, all_idx, neg_idx, omega, neg_logq, all_logq)
     aug_loss = torch.where(aug_w > 0, aug_w * losses[:, 1:], torch.zeros_like(aug_w))
+    if isinstance(beta, torch.Tensor):
+        return losses[:, 0] + (beta * aug_loss).sum(1)
     return losses[:, 0] + beta * aug_loss.sum(1)
 
 
 class DivspaTrainer(Trainer):
     """The base trainer with Eq. 3 (or Eq. 2) as the batch objective; validation is unchanged."""
 
-    columns = [*Trainer.columns, "aug_items", "aug_weights"]
+    columns = [*Trainer.columns, "aug_items", "aug_weights", "aug_strategies"]
 
     def batch_loss(self, table: pa.Table) -> torch.Tensor:
         cfg = self.cfg.divspa
@@ -51,12 +57,16 @@ class DivspaTrainer(Trainer):
         aug_idx = vocab.item_lists(table.column("aug_items"), width, keep="first").to(dev)
         aug_w = vocab.float_lists(table.column("aug_weights"), width).to(dev)
         aug_w = torch.where(aug_idx > 0, aug_w, torch.zeros_like(aug_w))
+        betas = cfg.strategy_betas()
+        beta: float | torch.Tensor = cfg.beta
+        if any(b != cfg.beta for b in betas.values()):
+            beta = string_value_lists(table.column("aug_strategies"), betas, width).to(dev)
         user = self.model.user_vectors(batch.users.to(dev))
         pos_idx = batch.items.to(dev)
         neg_idx, logq = self.negatives(pos_idx)
         neg_logq, pos_logq, aug_logq = (logq[neg_idx], logq[pos_idx], logq[aug_idx]) if logq is not None \
             else (None, None, None)
         pos, aug, neg = self.item_vectors(pos_idx, aug_idx, neg_idx)
-        loss = mixup_loss(user, pos, aug, neg, pos_idx, aug_idx, aug_w, neg_idx, self.model.omega, cfg.beta,
+        loss = mixup_loss(user, pos, aug, neg, pos_idx, aug_idx, aug_w, neg_idx, self.model.omega, beta,
                           cfg.mixup, neg_logq, pos_logq, aug_logq)
         return loss.mean()

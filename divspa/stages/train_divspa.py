@@ -62,7 +62,7 @@ def train_student(ctx: RunContext, label: str, teacher: str, version: str) -> di
     cfg = ctx.cfg
     ctx.write(label, "divspa_examples", divspa_examples(ctx, teacher), partition={"teacher": teacher})
     bundle = build_bundle(ctx, version)
-    bundle.meta.update({"teacher": teacher, "beta": cfg.divspa.beta, "mixup": cfg.divspa.mixup,
+    bundle.meta.update({"teacher": teacher, "beta": cfg.divspa.beta, "strategy_betas": cfg.divspa.strategy_betas(), "mixup": cfg.divspa.mixup,
                         "strategies": list(cfg.augment.strategies), "sampler": cfg.augment.sampler})
     epochs = None
     if cfg.divspa.student_epochs == "teacher":
