@@ -40,7 +40,8 @@ from divspa.stages.train_divspa import train_student  # noqa: E402
 
 ALL = ["u2i", "i2i", "u2u2i"]
 VARIANTS: dict[str, dict] = {
-    "divspa": {},
+    "divspa": {},  # the configured rule (augment.rank_by: neighbour by default since 2026-12-01)
+    "paper_rule": {"rank_by": "teacher"},  # every strategy re-scored by the teacher's s(u, v), as in the paper
     "wo_u2i": {"strategies": ["i2i", "u2u2i"]},
     "wo_i2i": {"strategies": ["u2i", "u2u2i"]},
     "wo_u2u2i": {"strategies": ["u2i", "i2i"]},

@@ -22,8 +22,9 @@ train clicks: the teacher ranks what it saw often high, so its top-k alone narro
 the discount trades some of that agreement for long-tail candidates. g = 0 is the paper's rule.
 Two more options leave the paper's rule for the same reason: augment.u2i_skip = n drops the
 teacher's n best u2i candidates, augment.dedup keeps an item in one strategy per positive, and
-augment.rank_by = neighbour ranks, draws and weighs i2i candidates by s(v+, v) and u2u2i ones by
-the summed similarity to u of the similar users who clicked them, instead of s(u, v).
+augment.rank_by = neighbour (the default; "teacher" is the paper's rule) ranks, draws and weighs i2i
+candidates by s(v+, v) and u2u2i ones by the summed similarity to u of the similar users who
+clicked them, instead of s(u, v).
 augment.calibrate = c multiplies each kept candidate's draw and weight by ((n_v / N) / (p_v / P))^c
 per strategy, p_v being how often the strategy proposes v and n_v its fitted clicks: items a
 strategy proposes more often than they are clicked (the teacher's hubs) are drawn less, so the

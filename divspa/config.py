@@ -276,11 +276,14 @@ class AugmentConfig:
     # u2u2i, i2i, u2i that offers it. With False an item all three strategies agree on is drawn up to
     # three times for one positive, and the student's loss leans three times on the teacher's consensus.
     dedup: bool = False
-    # Not in the paper: what ranks, draws and weighs i2i and u2u2i candidates. "teacher": s(u, v), the
-    # paper's rule, the same for every strategy, so all three lean to what the teacher already ranks
-    # high for u. "neighbour": each strategy's own evidence: i2i by s(v+, v), u2u2i by the summed
-    # similarity to u of the similar users who clicked the item (u2i is s(u, v) either way).
-    rank_by: Literal["teacher", "neighbour"] = "teacher"
+    # What ranks, draws and weighs i2i and u2u2i candidates. "teacher": s(u, v), the paper's rule, the
+    # same for every strategy, so all three lean to what the teacher already ranks high for u.
+    # "neighbour" (not in the paper; the default since 2026-12-01): each strategy's own evidence: i2i
+    # by s(v+, v), u2u2i by the summed similarity to u of the similar users who clicked the item (u2i
+    # is s(u, v) either way). Chosen on dense ML-100K, confirmed on the long-tail and demo logs: at
+    # least as accurate as the paper's rule on all five logs measured, narrowing the student less on
+    # four and as much on the demo's (BENCHMARKS, "Issue 16"); neither rule widens the student.
+    rank_by: Literal["teacher", "neighbour"] = "neighbour"
     # Not in the paper: draw and weigh each strategy's kept candidates by their selection times
     # (click share / proposal share)^c, so the augmented items follow the click log's popularity
     # instead of piling onto the items the teacher puts in everyone's top-k (0 = off). Measured

@@ -15,6 +15,7 @@ from pathlib import Path
 from pyspark.sql import functions as F
 
 from divspa import storage
+from divspa.config import Config
 from divspa.runtime import RunContext
 
 PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d"]
@@ -130,6 +131,14 @@ def _gates(ctx: RunContext, evaluated_at: dt.datetime | None) -> str:
                            for g in gates]) if gates else "")
 
 
+def _betas(cfg: Config) -> str:
+    """The mix-up weight, or each strategy's where they differ (divspa.beta_<strategy>)."""
+    betas = {s: b for s, b in cfg.divspa.strategy_betas().items() if s in cfg.augment.strategies}
+    if all(b == cfg.divspa.beta for b in betas.values()):
+        return str(cfg.divspa.beta)
+    return ", ".join(f"{s} {b}" for s, b in betas.items())
+
+
 def write_report(ctx: RunContext) -> Path:
     metrics = [r.asDict() for r in ctx.read("metrics").collect()]  # one run's figures: a few hundred rows
     ev = [m for m in metrics if m["stage"] == "evaluate"]
@@ -221,7 +230,9 @@ svg{{margin:0.5em 1em 0.5em 0}}</style></head><body>
 <p>Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from the run's Delta tables under
 <code>{html.escape(ctx.warehouse.root)}</code>. Source: {html.escape(cfg.source.format)}; base model
 {html.escape(cfg.model.arch)}; sampler
-{html.escape(cfg.augment.sampler)}, k={cfg.augment.k}, m={cfg.augment.m}, beta={cfg.divspa.beta},
+{html.escape(cfg.augment.sampler)}, k={cfg.augment.k}, m={cfg.augment.m}, candidates ranked by
+{html.escape(cfg.augment.rank_by)}{" (the paper's rule)" if cfg.augment.rank_by == "teacher" else ""},
+beta={html.escape(_betas(cfg))},
 mix-up in {html.escape(cfg.divspa.mixup)} space, strategies {html.escape(", ".join(cfg.augment.strategies) or "none")}.</p>
 {"".join(sections)}
 </body></html>"""

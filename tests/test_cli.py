@@ -49,6 +49,7 @@ def test_full_pipeline_is_resumable_and_idempotent(spark, tmp_path, capsys):
     assert "run r1: published" in out
     assert "report:" in out and (tmp_path / "runs" / "r1" / "report.html").is_file()
     page = (tmp_path / "runs" / "r1" / "report.html").read_text()
+    assert "candidates ranked by\nneighbour," in page and "beta=0.1," in page  # the rule the run used
     frontier = page[page.index("Accuracy vs diversity"):]
     assert all(f"<title>{m}: " in frontier for m in ("popularity", "base", "divspa-1"))
     # The run's product: the final student's vectors and i2i lists, beside the teacher's, for delta-rs readers.
