@@ -28,8 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from divspa.config import load_config  # noqa: E402
+from divspa.long_tail import long_tail_mask  # noqa: E402
 from divspa.models.checkpoint import load_checkpoint  # noqa: E402
-from divspa.models.evaluate import EvalResult, long_tail_mask, model_scorer, popularity_scorer  # noqa: E402
+from divspa.models.evaluate import EvalResult, model_scorer, popularity_scorer  # noqa: E402
 from divspa.pipeline import BY_NAME, run_stage  # noqa: E402
 from divspa.report import scatter  # noqa: E402
 from divspa.runtime import RunContext  # noqa: E402
@@ -73,10 +74,13 @@ VARIANTS: dict[str, dict] = {
     "i2i_beta_0.3": {"betas": {"i2i": 0.3}},
     "rank_neighbour_i2i_beta_0.3": {"rank_by": "neighbour", "betas": {"i2i": 0.3}},
     "rank_neighbour_i2i_0.3_u2i_0.05": {"rank_by": "neighbour", "betas": {"i2i": 0.3, "u2i": 0.05}},
+    # Not in the paper: up to n of each positive's m draws per strategy are long-tail (augment.tail_quota).
+    "tail_quota_1": {"tail_quota": 1},
+    "tail_quota_2": {"tail_quota": 2},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
 AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",
-                "rank_by": "rank_by", "calibrate": "calibrate"}
+                "rank_by": "rank_by", "calibrate": "calibrate", "tail_quota": "tail_quota"}
 WORKER_ENV = "DIVSPA_QUALITY_WORKER"
 ACC = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (50, 100, 200)]
 DIV = ["distinct@100", "distinct@500", "distinct@1000", "coverage@100", "gini@100", "long_tail@100"]

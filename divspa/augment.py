@@ -30,7 +30,9 @@ per strategy, p_v being how often the strategy proposes v and n_v its fitted cli
 strategy proposes more often than they are clicked (the teacher's hubs) are drawn less, so the
 augmented items follow the click log instead of concentrating on what the teacher puts in
 everyone's top-k; unlike the popularity discount it does not favour the long tail over what users
-click. It costs one more pass (the proposals are counted first).
+click. It costs one more pass (the proposals are counted first). augment.tail_quota = q draws each
+group's q best-keyed long-tail candidates first and the rest as always, leaving the head candidates'
+keys and weights as the rule gives them.
 
 Sampling is Efraimidis-Spirakis weighted sampling without replacement: candidate i gets the key
 log(r_i) / p_i and the m largest keys win, where r_i is a uniform number hashed from
@@ -57,6 +59,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from divspa.config import AugmentConfig
+from divspa.long_tail import long_tail_mask
 from divspa.retrieval.spark_knn import list_vectors
 from divspa.xxhash import uniform, xxhash64
 
@@ -111,6 +114,7 @@ class Items:
     unseen: float  # discount of an item without fitted clicks
     # strategy -> [N] float64 (click share / proposal share)^c (augment.calibrate), once measured
     calibration: dict[str, np.ndarray] | None = None
+    tail: np.ndarray | None = None  # [N] bool long-tail by fitted clicks (augment.tail_quota), else None
 
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row of each id, whether it has one)."""
@@ -123,6 +127,8 @@ class Items:
         buf = io.BytesIO()
         extra = {} if self.factor is None else {"factor": self.factor}
         extra.update({f"cal_{k}": v for k, v in (self.calibration or {}).items()})
+        if self.tail is not None:
+            extra["tail"] = self.tail
         np.savez(buf, ids=self.ids, vectors=self.vectors, i2i=self.i2i, i2i_score=self.i2i_score,
                  unseen=np.array([self.unseen]), **extra)
         return buf.getvalue()
@@ -132,7 +138,7 @@ class Items:
         z = np.load(io.BytesIO(data))
         cal = {k[4:]: z[k] for k in z.files if k.startswith("cal_")}
         return cls(z["ids"], z["vectors"], z["i2i"], z["i2i_score"], z.get("factor"), float(z["unseen"][0]),
-                   cal or None)
+                   cal or None, z.get("tail"))
 
 
 _ITEMS: dict[str, Items] = {}  # per Python worker: broadcast digest -> items
@@ -194,6 +200,12 @@ def item_side(cfg: AugmentConfig, items: DataFrame, neighbours: DataFrame, item_
         side.factor = np.full(len(ids), side.unseen, np.float64)
         at, found = side.rows(f.column("item_id").to_numpy())
         side.factor[at[found]] = f.column("f").to_numpy()[found]
+    if cfg.tail_quota and item_clicks is not None:
+        clicks = item_clicks.toArrow()
+        counts = np.zeros(len(ids), np.int64)
+        at, found = side.rows(clicks.column("item_id").to_numpy())
+        counts[at[found]] = clicks.column("n").to_numpy()[found]
+        side.tail = long_tail_mask(counts, cfg.long_tail_share)[1:]
     return broadcast(spark, side)
 
 
@@ -277,9 +289,11 @@ def _sequential_sums(group: np.ndarray, aug: np.ndarray, values: np.ndarray) -> 
 
 
 def sample_groups(group: np.ndarray, aug: np.ndarray, sel: np.ndarray, rank: np.ndarray, r: np.ndarray,
-                  cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+                  cfg: AugmentConfig, tail: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rows chosen, their weight): m of each group's candidates by Efraimidis-Spirakis keys
-    log(r) / p, p from augment.sampler; weights floor(sel) / their sum over the chosen."""
+    log(r) / p, p from augment.sampler; weights floor(sel) / their sum over the chosen. With
+    `tail` (rows' long-tail flags) and augment.tail_quota = q, each group's q best-keyed tail rows
+    are taken first."""
     floor = np.maximum(sel, cfg.min_score)
     _, inverse, counts = np.unique(group, return_inverse=True, return_counts=True)
     n = counts[inverse]
@@ -293,7 +307,12 @@ def sample_groups(group: np.ndarray, aug: np.ndarray, sel: np.ndarray, rank: np.
             table[i, :len(row)] = row
         prob = table[n - 1, rank - 1]
     key = np.log(r) / prob
-    order = np.lexsort((aug, -key, group))
+    first = np.zeros(len(group), bool)
+    if tail is not None and cfg.tail_quota:
+        among = np.flatnonzero(tail)
+        order = among[np.lexsort((aug[among], -key[among], group[among]))]
+        first[order[ranks_in(group, order) <= cfg.tail_quota]] = True
+    order = np.lexsort((aug, -key, ~first, group))
     chosen = order[ranks_in(group, order) <= cfg.m]
     weight = floor[chosen] / _sequential_sums(group[chosen], aug[chosen], floor[chosen])
     return chosen, weight.astype(np.float32)
@@ -457,7 +476,8 @@ def augment_batches(cfg: AugmentConfig, seed: int, side: ItemSide, mode: str):
                     continue
                 users, positives = chunk.user_ids[chunk.pos_user[c.pos]], chunk.pos_item[c.pos]
                 r = uniform(xxhash64(seed, users, positives, strategy, c.aug))
-                chosen, weight = sample_groups(c.pos, c.aug, c.sel, c.rank, r, cfg)
+                tail = None if items.tail is None else items.tail[items.rows(c.aug)[0]]
+                chosen, weight = sample_groups(c.pos, c.aug, c.sel, c.rank, r, cfg, tail)
                 yield _rows(chunk, strategy, c.take(chosen), {"weight": weight})
 
     return run

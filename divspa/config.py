@@ -290,6 +290,11 @@ class AugmentConfig:
     # (BENCHMARKS, "Calibrating"): the student no narrower than base on sparse ML-100K, as narrow
     # as with the paper's rule on dense ML-100K.
     calibrate: float = _opt(0.0, ge=0)
+    # Not in the paper: of each positive's m draws per strategy, up to this many are long-tail
+    # candidates (long_tail_share's tail of fitted clicks, as the evaluation counts it), drawn first
+    # by the same keys; the rest are drawn as always. 0 = off. Unlike the popularity discount it
+    # leaves the head candidates' ranks, draws and weights as they are.
+    tail_quota: int = _opt(0, ge=0)
     beta_alpha: float = _opt(0.5, gt=0)
     min_score: float = _opt(1e-6, gt=0)  # scores are floored here for sampling probabilities and weights
     long_tail_share: float = _opt(0.8, gt=0, lt=1)  # the least clicked items holding this share are long-tail
@@ -456,6 +461,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             cfg.augment.u2i_skip + cfg.augment.k > cfg.retrieve.k:
         raise ConfigError(f"{source}: augment.u2i_skip + augment.k = {cfg.augment.u2i_skip + cfg.augment.k} "
                           f"exceeds retrieve.k = {cfg.retrieve.k}: u2i would run out of retrieved candidates")
+    if cfg.augment.tail_quota > cfg.augment.m:
+        raise ConfigError(f"{source}: augment.tail_quota = {cfg.augment.tail_quota} exceeds augment.m = "
+                          f"{cfg.augment.m}: the quota is part of each positive's m draws")
     if cfg.augment.m > cfg.augment.k:
         raise ConfigError(f"{source}: augment.m = {cfg.augment.m} exceeds augment.k = {cfg.augment.k}")
     if cfg.model.arch == "autoint" and cfg.model.embedding_dim % cfg.model.attention_heads:

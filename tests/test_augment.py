@@ -107,7 +107,7 @@ def test_popularity_debias_moves_candidates_to_the_long_tail(augmented):
         debiased = augmented_rows(ctx, BASE_VERSION).cache()
     finally:
         ctx.cfg.augment.popularity_debias = 0.0
-    # The table written with g = 0 is the paper's rule, unchanged by the option's existence.
+    # The table written with g = 0 is the configured rule, unchanged by the option's existence.
     written = ctx.read("augmented_positives").where(F.col("model_version") == BASE_VERSION)
     assert sorted(map(tuple, default.collect())) == sorted(map(tuple, written.select(*default.columns).collect()))
     mean_clicks = {name: df.join(clicks, "aug_item_id").agg(F.avg("n")).first()[0]
@@ -118,6 +118,39 @@ def test_popularity_debias_moves_candidates_to_the_long_tail(augmented):
     assert groups.where(F.abs(F.col("w") - 1.0) > 1e-5).count() == 0 and groups.where("n > 3").count() == 0
     assert groups.count() == default.select("user_id", "item_id", "strategy").distinct().count()
     assert debiased.where("score > 1.0001").count() == 0
+
+
+def test_tail_quota_puts_a_long_tail_item_into_every_positives_draw(augmented):
+    from divspa.long_tail import long_tail_mask
+    from divspa.stages.augment import augmented as augmented_rows
+    from divspa.stages.augment import candidate_rows
+
+    ctx = augmented
+    clicks = ctx.read("train_examples").where(~F.col("is_val")).select("user_id", "item_id").distinct().groupBy(
+        "item_id").agg(F.count(F.lit(1)).alias("n"))  # as the stage counts fitted clicks
+    items = sorted(r["item_id"] for r in ctx.read("item_embeddings").where(F.col("model_version") == BASE_VERSION)
+                   .select("item_id").collect())
+    n = dict(map(tuple, clicks.collect()))
+    tail = long_tail_mask([n.get(i, 0) for i in items], ctx.cfg.augment.long_tail_share)[1:]
+    is_tail = {i for i, t in zip(items, tail, strict=True) if t}
+    try:
+        ctx.cfg.augment.tail_quota = 1
+        rows = augmented_rows(ctx, BASE_VERSION).collect()
+    finally:
+        ctx.cfg.augment.tail_quota = 0
+    offered = {(r["user_id"], r["item_id"], r["strategy"]) for r in candidate_rows(ctx, BASE_VERSION).collect()
+               if r["aug_item_id"] in is_tail}
+    drawn: dict[tuple, list[int]] = {}
+    for r in rows:
+        drawn.setdefault((r["user_id"], r["item_id"], r["strategy"]), []).append(r["aug_item_id"])
+    assert offered and set(drawn) >= offered
+    # every (positive, strategy) whose candidates hold a long-tail item draws at least one
+    assert all(any(a in is_tail for a in drawn[g]) for g in offered)
+    share = sum(a in is_tail for a in (r["aug_item_id"] for r in rows if r["strategy"] == "u2i")) / sum(
+        r["strategy"] == "u2i" for r in rows)
+    written = ctx.read("augmented_positives").where((F.col("model_version") == BASE_VERSION) & (F.col("strategy") == "u2i"))
+    before = sum(r["aug_item_id"] in is_tail for r in written.select("aug_item_id").collect()) / written.count()
+    assert share > before + 0.05, (share, before)
 
 
 def test_u2i_skip_and_dedup(augmented):
@@ -296,6 +329,27 @@ def test_sampling_without_replacement_and_weights():
         picks, w = aug[chosen][mine], weight[mine]
         assert len(picks) == 3 and len(set(picks.tolist())) == 3
         assert np.allclose(w, sel[chosen][mine] / sel[chosen][mine].sum(), atol=1e-6)
+
+
+def test_tail_quota_takes_the_best_keyed_tail_candidate_first():
+    group, aug, sel, rank, r, _ = synthetic_candidates(400, 10)
+    tail = rank > 6  # the four lowest-ranked candidates of each group are long-tail
+    plain, plain_w = sample_groups(group, aug, sel, rank, r, AugmentConfig(k=10, m=3))
+    cfg = AugmentConfig(k=10, m=3, tail_quota=1)
+    chosen, weight = sample_groups(group, aug, sel, rank, r, cfg, tail)
+    off, off_w = sample_groups(group, aug, sel, rank, r, AugmentConfig(k=10, m=3), tail)  # quota 0: no change
+    assert np.array_equal(off, plain) and np.array_equal(off_w, plain_w)
+    changed = 0
+    for g in range(400):
+        mine, before = chosen[group[chosen] == g], plain[group[plain] == g]
+        assert len(mine) == 3 and len(set(aug[mine].tolist())) == 3 and tail[mine].any()
+        assert np.allclose(weight[group[chosen] == g], sel[mine] / sel[mine].sum(), atol=1e-6)
+        if tail[before].any():  # the plain draw already holds a tail candidate: nothing changes
+            assert set(mine.tolist()) == set(before.tolist())
+        else:  # the plain draw's two best keys stay, the third is a tail candidate
+            changed += 1
+            assert tail[mine].sum() == 1 and len(set(mine.tolist()) & set(before.tolist())) == 2
+    assert changed > 40  # most groups draw their top ranks: the quota had work to do
 
 
 def test_the_sampler_is_sparks_window_sampler(spark):

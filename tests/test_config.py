@@ -153,3 +153,11 @@ def test_sparse_embeddings_refuse_what_they_cannot_do():
         load_config(None, ["train.sparse_embeddings=true", "train.weight_decay=0.01"])
     with pytest.raises(ConfigError, match=r"processes > 1"):
         load_config(None, ["train.sparse_embeddings=true", "train.processes=2"])
+
+
+def test_tail_quota_is_part_of_the_draws(tmp_path):
+    with pytest.raises(ConfigError, match=r"augment\.tail_quota = 4 exceeds augment\.m = 3"):
+        load_config(write(tmp_path, "augment:\n  tail_quota: 4\n"))
+    assert load_config(write(tmp_path, "augment:\n  tail_quota: 3\n")).augment.tail_quota == 3
+    with pytest.raises(ConfigError, match=r"divspa\.beta_i2i = -0\.1 is out of range"):
+        load_config(write(tmp_path, "divspa:\n  beta_i2i: -0.1\n"))

@@ -129,15 +129,3 @@ def gini(counts: np.ndarray) -> float:
         return math.nan
     n = len(x)
     return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
-
-
-def long_tail_mask(item_counts: torch.Tensor | np.ndarray, share: float) -> np.ndarray:
-    """[num_items + 1] booleans: item index i is long-tail when it is not among the most clicked
-    (1 - share) of items (ties broken by index); index 0 (padding) is False."""
-    counts = np.asarray(item_counts, dtype=np.int64)
-    order = np.lexsort((np.arange(len(counts)), -counts))  # most clicked first
-    head = int(round((1 - share) * len(counts)))
-    mask = np.ones(len(counts) + 1, dtype=bool)
-    mask[0] = False
-    mask[order[:head] + 1] = False
-    return mask

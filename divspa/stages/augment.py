@@ -44,7 +44,7 @@ def inputs(ctx: RunContext, version: str) -> tuple[DataFrame, ItemSide]:
     else:
         peers = examples.select("user_id", "item_id").distinct()
     by_item = positives.groupBy("item_id").agg(F.count(F.lit(1)).alias("n"))
-    item_clicks = by_item if acfg.popularity_debias or acfg.calibrate else None
+    item_clicks = by_item if acfg.popularity_debias or acfg.calibrate or acfg.tail_quota else None
     users = user_rows(acfg, positives, seen, nb, peers, embeddings(ctx, "user_embeddings", "user_id", version))
     side = item_side(acfg, embeddings(ctx, "item_embeddings", "item_id", version), nb, item_clicks)
     return users, calibrated(acfg, users, side, by_item) if acfg.calibrate else side

@@ -12,13 +12,13 @@ from typing import Any
 import pyarrow.dataset as pads
 
 from divspa import storage
+from divspa.long_tail import long_tail_mask
 from divspa.models.checkpoint import load_checkpoint
 from divspa.models.encoding import Vocab
 from divspa.models.evaluate import (
     EvalResult,
     Scorer,
     evaluate,
-    long_tail_mask,
     model_scorer,
     popularity_scorer,
 )
