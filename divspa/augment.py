@@ -307,12 +307,14 @@ def sample_groups(group: np.ndarray, aug: np.ndarray, sel: np.ndarray, rank: np.
             table[i, :len(row)] = row
         prob = table[n - 1, rank - 1]
     key = np.log(r) / prob
-    first = np.zeros(len(group), bool)
-    if tail is not None and cfg.tail_quota:
+    if tail is not None and cfg.tail_quota:  # each group's best-keyed tail rows sort ahead of the rest
         among = np.flatnonzero(tail)
         order = among[np.lexsort((aug[among], -key[among], group[among]))]
+        first = np.zeros(len(group), bool)
         first[order[ranks_in(group, order) <= cfg.tail_quota]] = True
-    order = np.lexsort((aug, -key, ~first, group))
+        order = np.lexsort((aug, -key, ~first, group))
+    else:
+        order = np.lexsort((aug, -key, group))
     chosen = order[ranks_in(group, order) <= cfg.m]
     weight = floor[chosen] / _sequential_sums(group[chosen], aug[chosen], floor[chosen])
     return chosen, weight.astype(np.float32)

@@ -260,6 +260,20 @@ def test_student_without_strategies_is_the_base_model(augmented):
     assert not all(torch.equal(base[k], students["all"][k]) for k in base)  # augmentation does change it
 
 
+def test_a_student_trains_with_a_strategys_own_beta(augmented):
+    # The per-strategy path streams the examples' strategies (the shared path does not read them);
+    # its loss against hand computation is tests/test_mixup.py's.
+    ctx = augmented
+    ctx.cfg.divspa.beta_i2i = 0.5
+    try:
+        out = train_student(ctx, "test.beta-i2i", BASE_VERSION, "test-beta-i2i")
+    finally:
+        ctx.cfg.divspa.beta_i2i = None
+    ckpt = load_checkpoint(checkpoint_path(ctx, "test-beta-i2i"))
+    assert ckpt.meta["strategy_betas"] == {"u2i": 0.1, "i2i": 0.5, "u2u2i": 0.1}
+    assert out["best_epoch"] >= 1 and out["val_hr"] > 0
+
+
 def test_student_can_train_for_the_teachers_epochs(augmented):
     # divspa.student_epochs = teacher: no early stopping on the (augmentation-biased) validation
     # HR; exactly the teacher's best epoch count, last weights kept.

@@ -28,9 +28,10 @@ def mixup_loss(user: torch.Tensor, pos: torch.Tensor, aug: torch.Tensor, neg: to
     weights aug_w [B,A] (0 for padding); neg [N,d] with indices neg_idx [N]. beta: one weight, or
     [B,A] (each augmented positive its strategy's beta)."""
     if mode == "representation":
-        scaled = beta * aug_w if isinstance(beta, torch.Tensor) else aug_w
-        mixed = (scaled.unsqueeze(-1) * aug).sum(1)
-        mixed = pos + (mixed if isinstance(beta, torch.Tensor) else beta * mixed)
+        if isinstance(beta, torch.Tensor):
+            mixed = pos + ((beta * aug_w).unsqueeze(-1) * aug).sum(1)
+        else:  # one shared beta: the same float ops as before per-strategy betas existed
+            mixed = pos + beta * (aug_w.unsqueeze(-1) * aug).sum(1)
         return sampled_softmax_loss(user, mixed, neg, pos_idx, neg_idx, omega, neg_logq, pos_logq)
     all_pos = torch.cat([pos.unsqueeze(1), aug], dim=1)
     all_idx = torch.cat([pos_idx.unsqueeze(1), aug_idx], dim=1)
@@ -45,7 +46,16 @@ def mixup_loss(user: torch.Tensor, pos: torch.Tensor, aug: torch.Tensor, neg: to
 class DivspaTrainer(Trainer):
     """The base trainer with Eq. 3 (or Eq. 2) as the batch objective; validation is unchanged."""
 
-    columns = [*Trainer.columns, "aug_items", "aug_weights", "aug_strategies"]
+    @property
+    def columns(self) -> list[str]:  # type: ignore[override]
+        """The strategies are streamed only when their betas differ: otherwise nothing reads them."""
+        own = ["aug_strategies"] if self.strategy_betas() else []
+        return [*Trainer.columns, "aug_items", "aug_weights", *own]
+
+    def strategy_betas(self) -> dict[str, float] | None:
+        """Each strategy's beta where one differs from divspa.beta, else None (one shared weight)."""
+        betas = self.cfg.divspa.strategy_betas()
+        return betas if any(b != self.cfg.divspa.beta for b in betas.values()) else None
 
     def batch_loss(self, table: pa.Table) -> torch.Tensor:
         cfg = self.cfg.divspa
@@ -57,9 +67,9 @@ class DivspaTrainer(Trainer):
         aug_idx = vocab.item_lists(table.column("aug_items"), width, keep="first").to(dev)
         aug_w = vocab.float_lists(table.column("aug_weights"), width).to(dev)
         aug_w = torch.where(aug_idx > 0, aug_w, torch.zeros_like(aug_w))
-        betas = cfg.strategy_betas()
+        betas = self.strategy_betas()
         beta: float | torch.Tensor = cfg.beta
-        if any(b != cfg.beta for b in betas.values()):
+        if betas:
             beta = string_value_lists(table.column("aug_strategies"), betas, width).to(dev)
         user = self.model.user_vectors(batch.users.to(dev))
         pos_idx = batch.items.to(dev)

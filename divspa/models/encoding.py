@@ -63,11 +63,8 @@ class Vocab:
 
 def string_value_lists(lists: pa.Array, values: dict[str, float], width: int) -> torch.Tensor:
     """A list<string> column as [rows, width] floats, each string its value (0 for others and padding)."""
-    flat = pc.list_flatten(lists)
-    keys = pa.array(list(values), pa.string())
-    idx = pc.fill_null(pc.index_in(flat, value_set=keys), -1).to_numpy(zero_copy_only=False)
-    table = np.append(np.asarray(list(values.values()), dtype=np.float32), np.float32(0))
-    return _pad(table[np.asarray(idx, dtype=np.int64)], _offsets(lists), width, "first")
+    lookup = torch.tensor([0.0, *values.values()], dtype=torch.float32)  # token 0: unknown or padding
+    return lookup[_tokens(lists, pa.array(list(values), pa.string()), width)]
 
 
 def _offsets(lists: pa.Array) -> np.ndarray:
