@@ -219,17 +219,20 @@ def broadcast(spark: SparkSession, items: Items) -> ItemSide:
 # The users' side: one row per user with a positive.
 
 
-def user_rows(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame, neighbours: DataFrame,
+def user_rows(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame | None, neighbours: DataFrame,
               peer_clicks: DataFrame, user_vecs: DataFrame) -> DataFrame:
-    """(user_id, _u, pos, seen[, u2i][, peer_items, peer_nb]) per user with a positive and a vector.
+    """(user_id, _u, pos[, seen][, u2i][, peer_items, peer_nb]) per user with a positive and a vector.
 
     positives: (user_id, item_id) train positives; seen: (user_id, item_id) pairs no candidate may
-    be; neighbours: (strategy, query_id, neighbour_id, score); peer_clicks: (user_id, item_id) clicks
-    that u2u neighbours contribute to u2u2i; user_vecs: (id, vector) of the teacher.
+    be, None when they are the positives (augment.exclude = fit: no second grouping, no second list;
+    a row without `seen` excludes its `pos`); neighbours: (strategy, query_id, neighbour_id, score);
+    peer_clicks: (user_id, item_id) clicks that u2u neighbours contribute to u2u2i; user_vecs: (id,
+    vector) of the teacher.
     """
     rows = (positives.groupBy("user_id").agg(F.collect_list("item_id").alias("pos"))
-            .join(user_vecs.select(F.col("id").alias("user_id"), F.col("vector").alias("_u")), "user_id")
-            .join(seen.groupBy("user_id").agg(F.collect_list("item_id").alias("seen")), "user_id", "left"))
+            .join(user_vecs.select(F.col("id").alias("user_id"), F.col("vector").alias("_u")), "user_id"))
+    if seen is not None:
+        rows = rows.join(seen.groupBy("user_id").agg(F.collect_list("item_id").alias("seen")), "user_id", "left")
     if "u2i" in cfg.strategies:
         u2i = neighbours.where(F.col("strategy") == "u2i").groupBy(F.col("query_id").alias("user_id")).agg(
             F.collect_list("neighbour_id").alias("u2i"))
@@ -343,7 +346,7 @@ class Chunk:
         self.user_vecs = list_vectors(table, "_u").astype(np.float64)
         self.pos_user, self.pos_item = _list_column(table, "pos")
         self.pos_item = self.pos_item.astype(np.int64)
-        seen_user, seen_item = _list_column(table, "seen")
+        seen_user, seen_item = _list_column(table, "seen" if "seen" in table.column_names else "pos")
         rows, found = items.rows(seen_item.astype(np.int64))
         self.seen = np.unique(seen_user[found] * len(items.ids) + rows[found])
 

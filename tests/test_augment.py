@@ -55,6 +55,29 @@ def test_augmented_rows_are_valid(augmented):
     assert aug.where("weight <= 0 or score > 1.0001").count() == 0
 
 
+def test_augmentation_metrics_describe_the_written_table(augmented):
+    from divspa.long_tail import long_tail_mask
+
+    ctx = augmented
+    rows = ctx.read("augmented_positives").collect()
+    n: dict[int, int] = {}
+    for r in ctx.read("train_examples").select("item_id").collect():
+        n[r.item_id] = n.get(r.item_id, 0) + 1
+    items = sorted(n)
+    tail = {i for i, t in zip(items, long_tail_mask([n[i] for i in items], ctx.cfg.augment.long_tail_share)[1:],
+                              strict=True) if t}
+    metrics = {(r.model, r.metric): r.value for r in ctx.read("metrics").where("stage = 'augment'").collect()}
+    for s in ("u2i", "i2i", "u2u2i"):
+        mine = [r for r in rows if r.strategy == s]
+        assert metrics[(s, "rows")] == len(mine)
+        assert metrics[(s, "positives")] == len({(r.user_id, r.item_id) for r in mine})
+        assert metrics[(s, "distinct_aug_items")] == len({r.aug_item_id for r in mine})
+        assert metrics[(s, "long_tail_share")] == pytest.approx(sum(r.aug_item_id in tail for r in mine) / len(mine))
+        weights = sorted(r.weight for r in mine)
+        assert weights[0] <= metrics[(s, "weight_p10")] <= metrics[(s, "weight_p50")] <= metrics[(s, "weight_p90")] <= weights[-1]
+        assert metrics[(s, "score_p50")] == pytest.approx(sorted(r.score for r in mine)[len(mine) // 2], abs=0.02)
+
+
 def test_scores_are_the_teachers_cosine(augmented):
     aug = augmented.read("augmented_positives").limit(50).collect()
     users = {r["user_id"]: np.array(r["vector"]) for r in augmented.read("user_embeddings").collect()}
@@ -151,6 +174,27 @@ def test_tail_quota_puts_a_long_tail_item_into_every_positives_draw(augmented):
     written = ctx.read("augmented_positives").where((F.col("model_version") == BASE_VERSION) & (F.col("strategy") == "u2i"))
     before = sum(r["aug_item_id"] in is_tail for r in written.select("aug_item_id").collect()) / written.count()
     assert share > before + 0.05, (share, before)
+
+
+def test_exclude_train_keeps_the_validation_slice_out_of_candidates(augmented):
+    from divspa.stages.augment import candidate_rows
+
+    ctx = augmented
+    examples = ctx.read("train_examples")
+    fitted = examples.where(~F.col("is_val")).select("user_id", F.col("item_id").alias("aug_item_id"))
+    val_only = examples.where(F.col("is_val")).select("user_id", F.col("item_id").alias("aug_item_id")).subtract(fitted)
+    fit = candidate_rows(ctx, BASE_VERSION)
+    try:
+        ctx.cfg.augment.exclude = "train"
+        train = candidate_rows(ctx, BASE_VERSION).cache()
+    finally:
+        ctx.cfg.augment.exclude = "fit"
+    # fit (the default) excludes the positives themselves; train also every validation click.
+    assert fit.join(fitted, ["user_id", "aug_item_id"]).count() == 0
+    assert fit.join(val_only, ["user_id", "aug_item_id"]).count() > 0
+    assert train.join(fitted, ["user_id", "aug_item_id"]).count() == 0
+    assert train.join(val_only, ["user_id", "aug_item_id"]).count() == 0
+    assert train.count() > 0
 
 
 def test_u2i_skip_and_dedup(augmented):

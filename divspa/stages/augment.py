@@ -37,7 +37,7 @@ def inputs(ctx: RunContext, version: str) -> tuple[DataFrame, ItemSide]:
     acfg = ctx.cfg.augment
     examples = ctx.read("train_examples")
     positives = examples.where(~F.col("is_val")).select("user_id", "item_id").distinct()
-    seen = excluded_clicks(examples, acfg.exclude)
+    seen = None if acfg.exclude == "fit" else excluded_clicks(examples, acfg.exclude)  # fit: the positives
     nb = ctx.read("neighbours").where(F.col("model_version") == version)
     if acfg.peer_clicks == "recent":
         peers = ctx.read("user_histories").select("user_id", F.explode("history").alias("item_id")).distinct()
@@ -70,16 +70,17 @@ def augmentation_stats(ctx: RunContext, aug: DataFrame) -> list[tuple[str, str, 
     ranked = counts.withColumn("_pr", F.percent_rank().over(Window.orderBy(F.col("n").desc(), F.col("item_id"))))
     tail = ranked.where(F.col("_pr") >= 1 - ctx.cfg.augment.long_tail_share).select(F.col("item_id").alias("aug_item_id"))
     tail = tail.withColumn("_tail", F.lit(1))
-    per = (
-        aug.join(tail, "aug_item_id", "left")
-        .groupBy("strategy")
-        .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("aug_item_id").alias("distinct_aug_items"),
-             F.avg(F.coalesce("_tail", F.lit(0))).alias("long_tail_share"),
-             F.countDistinct("user_id", "item_id").alias("positives"),
-             F.percentile_approx("score", list(QUANTILES), 10000).alias("score_q"),
-             F.percentile_approx("weight", list(QUANTILES), 10000).alias("weight_q"))
-        .collect()
-    )
+    # Three grouped passes, not one: several distinct aggregates in one pass make Spark copy every
+    # row once per distinct set (Expand), which cost 3.5x these three at 1M users (issue 18).
+    per_item = aug.groupBy("strategy", "aug_item_id").agg(F.count(F.lit(1)).alias("_n"))
+    items = (per_item.join(tail, "aug_item_id", "left").groupBy("strategy")
+             .agg(F.sum("_n").alias("rows"), F.count(F.lit(1)).alias("distinct_aug_items"),
+                  (F.sum(F.col("_n") * F.coalesce("_tail", F.lit(0))) / F.sum("_n")).alias("long_tail_share")))
+    positives = aug.groupBy("strategy", "user_id", "item_id").count().groupBy("strategy").agg(
+        F.count(F.lit(1)).alias("positives"))
+    quantiles = aug.groupBy("strategy").agg(F.percentile_approx("score", list(QUANTILES), 10000).alias("score_q"),
+                                            F.percentile_approx("weight", list(QUANTILES), 10000).alias("weight_q"))
+    per = items.join(positives, "strategy").join(quantiles, "strategy").collect()
     rows: list[tuple[str, str, int | None, float]] = []
     for r in sorted(per, key=lambda r: r["strategy"]):
         s = r["strategy"]
