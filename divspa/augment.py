@@ -50,7 +50,7 @@ import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -116,8 +116,29 @@ class Items:
     calibration: dict[str, np.ndarray] | None = None
     tail: np.ndarray | None = None  # [N] bool long-tail by fitted clicks (augment.tail_quota), else None
 
+    @cached_property
+    def sq_norms(self) -> np.ndarray:
+        """[N] float64 squared norms, summed as _cosine would sum them per candidate."""
+        v = self.vectors.astype(np.float64)
+        return (v * v).sum(axis=1)
+
+    @cached_property
+    def _lookup(self) -> np.ndarray | None:
+        """Row of each id by indexing, when the ids are dense enough (they are after ingest's
+        re-indexing); None: rows() searches the sorted ids."""
+        if not len(self.ids) or self.ids[0] < 0 or self.ids[-1] >= 4 * len(self.ids) + 1024:
+            return None
+        lookup = np.full(int(self.ids[-1]) + 1, -1, np.int64)
+        lookup[self.ids] = np.arange(len(self.ids))
+        return lookup
+
     def rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row of each id, whether it has one)."""
+        """(row of each id, whether it has one; 0 where not)."""
+        lookup = self._lookup
+        if lookup is not None:
+            inside = (ids >= 0) & (ids < len(lookup))
+            at = np.where(inside, lookup[np.where(inside, ids, 0)], -1)
+            return np.maximum(at, 0), at >= 0
         at = np.searchsorted(self.ids, ids)
         at = np.minimum(at, max(len(self.ids) - 1, 0))
         found = self.ids[at] == ids if len(self.ids) else np.zeros(len(ids), bool)
@@ -254,10 +275,11 @@ def user_rows(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame | None, 
 # numpy: re-score, rank, de-duplicate, sample.
 
 
-def _cosine(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Row-wise cosine in float64 (the same bits whatever else the arrays hold), as float32."""
+def _cosine(u: np.ndarray, uu: np.ndarray, v: np.ndarray, vv: np.ndarray) -> np.ndarray:
+    """Row-wise cosine in float64 (the same bits whatever else the arrays hold), as float32; uu
+    and vv are the rows' squared norms, summed once per user and item, not once per candidate."""
     dot = (u * v).sum(axis=1)
-    norms = np.sqrt((u * u).sum(axis=1) * (v * v).sum(axis=1))
+    norms = np.sqrt(uu * vv)
     return (dot / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
@@ -344,21 +366,25 @@ class Chunk:
         self.items = items
         self.user_ids = table.column("user_id").to_numpy().astype(np.int64)
         self.user_vecs = list_vectors(table, "_u").astype(np.float64)
+        self.user_sq = (self.user_vecs * self.user_vecs).sum(axis=1)
         self.pos_user, self.pos_item = _list_column(table, "pos")
         self.pos_item = self.pos_item.astype(np.int64)
         seen_user, seen_item = _list_column(table, "seen" if "seen" in table.column_names else "pos")
         rows, found = items.rows(seen_item.astype(np.int64))
-        self.seen = np.unique(seen_user[found] * len(items.ids) + rows[found])
+        self.seen = np.unique(seen_user[found] * len(items.ids) + rows[found])  # sorted
 
     def fresh(self, user: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask of candidates with a vector that user may get, their item rows)."""
         rows, found = self.items.rows(item_ids)
         keys = user * len(self.items.ids) + rows
-        return found & ~np.isin(keys, self.seen, assume_unique=False), rows
+        at = np.minimum(np.searchsorted(self.seen, keys), max(len(self.seen) - 1, 0))
+        excluded = self.seen[at] == keys if len(self.seen) else np.zeros(len(keys), bool)
+        return found & ~excluded, rows
 
     def scored(self, user: np.ndarray, aug: np.ndarray, rows: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(teacher's score, selection): the score or the strategy's own similarity, discounted."""
-        score = _cosine(self.user_vecs[user], self.items.vectors[rows].astype(np.float64))
+        score = _cosine(self.user_vecs[user], self.user_sq[user], self.items.vectors[rows].astype(np.float64),
+                        self.items.sq_norms[rows])
         sel = (score if own is None else own).astype(np.float64)
         if self.items.factor is not None:
             sel = sel * self.items.factor[rows]
