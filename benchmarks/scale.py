@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from divspa.config import load_config  # noqa: E402
+from divspa.config import Config, load_config  # noqa: E402
 from divspa.pipeline import BY_NAME, run_stage  # noqa: E402
 from divspa.runtime import RunContext  # noqa: E402
 
@@ -121,6 +121,17 @@ def fit(users: list[int], seconds: list[float]) -> tuple[float, float]:
     return math.exp(log_a), b
 
 
+def rung_config(n: int, out: str, overrides: list[str]) -> Config:
+    """The settings of the rung with n users: Video's ratios, IVF, a memory-mapped user corpus."""
+    items = max(100, int(n * ITEMS_PER_USER))
+    return load_config("conf/default.yaml", [
+        f"run.output_dir={out}", f"run.run_id=u{n}", f"synthetic.num_users={n}", f"synthetic.num_items={items}",
+        f"synthetic.mean_clicks_per_user={CLICKS_PER_USER}", f"synthetic.num_clusters={max(20, items // 200)}",
+        f"synthetic.partitions={max(8, n // 50000)}", "synthetic.bad_row_fraction=0", "train.epochs=1",
+        "train.max_val_examples=5000", "retrieve.index=ivf", "retrieve.broadcast_max_mb=64",
+        f"spark.shuffle_partitions={max(8, n // 25000)}", "spark.driver_memory=8g", *overrides])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", default="50000,100000,200000,500000,1000000")
@@ -136,12 +147,7 @@ def main() -> None:
     table: dict[int, dict[str, tuple[float, float]]] = {}
     for n in ladder:
         items = max(100, int(n * ITEMS_PER_USER))
-        cfg = load_config("conf/default.yaml", [
-            f"run.output_dir={args.out}", f"run.run_id=u{n}", f"synthetic.num_users={n}", f"synthetic.num_items={items}",
-            f"synthetic.mean_clicks_per_user={CLICKS_PER_USER}", f"synthetic.num_clusters={max(20, items // 200)}",
-            f"synthetic.partitions={max(8, n // 50000)}", "synthetic.bad_row_fraction=0", f"train.epochs={args.epochs}",
-            "train.max_val_examples=5000", "retrieve.index=ivf", "retrieve.broadcast_max_mb=64",
-            f"spark.shuffle_partitions={max(8, n // 25000)}", "spark.driver_memory=8g", *args.overrides])
+        cfg = rung_config(n, args.out, [f"train.epochs={args.epochs}", *args.overrides])
         ctx = RunContext.start(cfg, "bench-scale", spark=spark)
         spark = ctx.spark
         logging.getLogger().setLevel(logging.WARNING)
