@@ -124,8 +124,8 @@ class Items:
 
     @cached_property
     def _lookup(self) -> np.ndarray | None:
-        """Row of each id by indexing, when the ids are dense enough (they are after ingest's
-        re-indexing); None: rows() searches the sorted ids."""
+        """Row of each id by indexing, when the ids are dense enough (at most 4 slots an item, as in
+        ML-100K and the synthetic logs); None: rows() searches the sorted ids."""
         if not len(self.ids) or self.ids[0] < 0 or self.ids[-1] >= 4 * len(self.ids) + 1024:
             return None
         lookup = np.full(int(self.ids[-1]) + 1, -1, np.int64)

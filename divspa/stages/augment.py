@@ -71,7 +71,7 @@ def augmentation_stats(ctx: RunContext, aug: DataFrame) -> list[tuple[str, str, 
     tail = ranked.where(F.col("_pr") >= 1 - ctx.cfg.augment.long_tail_share).select(F.col("item_id").alias("aug_item_id"))
     tail = tail.withColumn("_tail", F.lit(1))
     # Three grouped passes, not one: several distinct aggregates in one pass make Spark copy every
-    # row once per distinct set (Expand), which cost 3.5x these three at 1M users (issue 18).
+    # row once per distinct set (Expand): about 3x these three at 1M users (issue 18).
     per_item = aug.groupBy("strategy", "aug_item_id").agg(F.count(F.lit(1)).alias("_n"))
     items = (per_item.join(tail, "aug_item_id", "left").groupBy("strategy")
              .agg(F.sum("_n").alias("rows"), F.count(F.lit(1)).alias("distinct_aug_items"),
