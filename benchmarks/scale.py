@@ -146,8 +146,8 @@ def main() -> None:
     spark = None
     table: dict[int, dict[str, tuple[float, float]]] = {}
     for n in ladder:
-        items = max(100, int(n * ITEMS_PER_USER))
         cfg = rung_config(n, args.out, [f"train.epochs={args.epochs}", *args.overrides])
+        items = cfg.synthetic.num_items
         ctx = RunContext.start(cfg, "bench-scale", spark=spark)
         spark = ctx.spark
         logging.getLogger().setLevel(logging.WARNING)

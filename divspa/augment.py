@@ -102,6 +102,13 @@ def excluded_clicks(examples: DataFrame, exclude: str) -> DataFrame:
 # The items' side: one broadcast per augmentation.
 
 
+def find_sorted(sorted_values: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position of each value in `sorted_values`, clipped to the array; whether it is there)."""
+    at = np.minimum(np.searchsorted(sorted_values, values), max(len(sorted_values) - 1, 0))
+    found = sorted_values[at] == values if len(sorted_values) else np.zeros(len(values), bool)
+    return at, found
+
+
 @dataclass
 class Items:
     """Every item's vector, i2i list and discount, by row of the sorted ids."""
@@ -139,10 +146,7 @@ class Items:
             inside = (ids >= 0) & (ids < len(lookup))
             at = np.where(inside, lookup[np.where(inside, ids, 0)], -1)
             return np.maximum(at, 0), at >= 0
-        at = np.searchsorted(self.ids, ids)
-        at = np.minimum(at, max(len(self.ids) - 1, 0))
-        found = self.ids[at] == ids if len(self.ids) else np.zeros(len(ids), bool)
-        return at, found
+        return find_sorted(self.ids, ids)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -372,7 +376,8 @@ class Chunk:
         self.user_sq = (self.user_vecs * self.user_vecs).sum(axis=1)
         self.pos_user, self.pos_item = _list_column(table, "pos")
         self.pos_item = self.pos_item.astype(np.int64)
-        seen_user, seen_item = _list_column(table, "seen" if "seen" in table.column_names else "pos")
+        seen_user, seen_item = (_list_column(table, "seen") if "seen" in table.column_names
+                                else (self.pos_user, self.pos_item))
         rows, found = items.rows(seen_item.astype(np.int64))
         self.seen = np.unique(seen_user[found] * len(items.ids) + rows[found])  # sorted
 
@@ -380,9 +385,7 @@ class Chunk:
         """(mask of candidates with a vector that user may get, their item rows)."""
         rows, found = self.items.rows(item_ids)
         keys = user * len(self.items.ids) + rows
-        at = np.minimum(np.searchsorted(self.seen, keys), max(len(self.seen) - 1, 0))
-        excluded = self.seen[at] == keys if len(self.seen) else np.zeros(len(keys), bool)
-        return found & ~excluded, rows
+        return found & ~find_sorted(self.seen, keys)[1], rows
 
     def scored(self, user: np.ndarray, aug: np.ndarray, rows: np.ndarray, own: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(teacher's score, selection): the score or the strategy's own similarity, discounted."""
