@@ -77,6 +77,11 @@ VARIANTS: dict[str, dict] = {
     # Not in the paper: up to n of each positive's m draws per strategy are long-tail (augment.tail_quota).
     "tail_quota_1": {"tail_quota": 1},
     "tail_quota_2": {"tail_quota": 2},
+    # The paper's other mix-up (Eq. 2), and (not in the paper) augmented positives that move the
+    # user tower only (divspa.augmented_item_grad = false).
+    "mixup_representation": {"mixup": "representation"},
+    "no_aug_item_grad": {"augmented_item_grad": False},
+    "no_aug_item_grad_beta_0.25": {"augmented_item_grad": False, "beta": 0.25},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
 AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",
@@ -169,6 +174,8 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
             augmented_with = want
         ctx.cfg.augment.strategies = list(spec.get("strategies", default.augment.strategies))
         ctx.cfg.divspa.beta = spec.get("beta", default.divspa.beta)
+        for key in ("mixup", "augmented_item_grad"):
+            setattr(ctx.cfg.divspa, key, spec.get(key, getattr(default.divspa, key)))
         for strategy in ALL:  # per-strategy beta (divspa.beta_<strategy>), None = the shared one
             key = f"beta_{strategy}"
             setattr(ctx.cfg.divspa, key, spec.get("betas", {}).get(strategy, getattr(default.divspa, key)))

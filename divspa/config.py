@@ -313,6 +313,11 @@ class DivspaConfig:
     beta_i2i: float | None = _opt(None, ge=0)
     beta_u2u2i: float | None = _opt(None, ge=0)
     mixup: Literal["output", "representation"] = "output"  # Eq. 3 (the paper's choice) or Eq. 2
+    # Not in the paper: False stops the augmented positives' gradient at their item vectors, so they
+    # teach the user tower only. An augmented item is handed to users who never clicked it; with
+    # True (the paper) its vector is pulled toward that wider audience, i.e. toward the average
+    # user, where it enters everyone's top-K (the suspected cause of the student's narrowing).
+    augmented_item_grad: bool = True
     rounds: int = _opt(1, ge=1)  # rounds of self-distillation: each student teaches the next
     # How long a student trains. "early_stopping": on its validation HR, like the base model (with
     # augment.exclude = train, candidates never hold a validation item and a student's validation HR

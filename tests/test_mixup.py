@@ -60,6 +60,22 @@ def test_gradients_flow_to_augmented_items():
     assert t["aug"].grad is not None and float(t["aug"].grad.abs().sum()) > 0
 
 
+def test_without_augmented_item_grad_only_the_user_learns_from_augmented_positives():
+    # divspa.augmented_item_grad = false: the same loss value; the user (and the real positive and
+    # negatives) get the same gradient, the augmented item vectors none.
+    grads = {}
+    for aug_grad in (True, False):
+        t = tensors()
+        for name in ("user", "aug", "pos"):
+            t[name] = t[name].clone().requires_grad_(True)
+        loss = mixup_loss(**t, beta=BETA, aug_grad=aug_grad)
+        loss.backward()
+        grads[aug_grad] = (float(loss), t["user"].grad, t["aug"].grad, t["pos"].grad)
+    assert grads[True][0] == grads[False][0]
+    assert torch.equal(grads[True][1], grads[False][1]) and torch.equal(grads[True][3], grads[False][3])
+    assert float(grads[True][2].abs().sum()) > 0 and grads[False][2] is None
+
+
 def test_each_augmented_positive_may_carry_its_strategys_beta():
     betas = [0.5, 0.2]  # e.g. the first from i2i, the second from u2i
     got = float(mixup_loss(**tensors(), beta=torch.tensor([betas])))

@@ -23,10 +23,14 @@ from divspa.models.trainer import Trainer
 def mixup_loss(user: torch.Tensor, pos: torch.Tensor, aug: torch.Tensor, neg: torch.Tensor, pos_idx: torch.Tensor,
                aug_idx: torch.Tensor, aug_w: torch.Tensor, neg_idx: torch.Tensor, omega: float,
                beta: float | torch.Tensor, mode: str = "output", neg_logq: torch.Tensor | None = None,
-               pos_logq: torch.Tensor | None = None, aug_logq: torch.Tensor | None = None) -> torch.Tensor:
+               pos_logq: torch.Tensor | None = None, aug_logq: torch.Tensor | None = None,
+               aug_grad: bool = True) -> torch.Tensor:
     """Per-row loss. user [B,d]; pos [B,d]; aug [B,A,d] with indices aug_idx [B,A] (0 = none) and
     weights aug_w [B,A] (0 for padding); neg [N,d] with indices neg_idx [N]. beta: one weight, or
-    [B,A] (each augmented positive its strategy's beta)."""
+    [B,A] (each augmented positive its strategy's beta). aug_grad False: the same loss, with no
+    gradient into the augmented item vectors (divspa.augmented_item_grad)."""
+    if not aug_grad:
+        aug = aug.detach()
     if mode == "representation":
         if isinstance(beta, torch.Tensor):
             mixed = pos + ((beta * aug_w).unsqueeze(-1) * aug).sum(1)
@@ -78,5 +82,5 @@ class DivspaTrainer(Trainer):
             else (None, None, None)
         pos, aug, neg = self.item_vectors(pos_idx, aug_idx, neg_idx)
         loss = mixup_loss(user, pos, aug, neg, pos_idx, aug_idx, aug_w, neg_idx, self.model.omega, beta,
-                          cfg.mixup, neg_logq, pos_logq, aug_logq)
+                          cfg.mixup, neg_logq, pos_logq, aug_logq, cfg.augmented_item_grad)
         return loss.mean()
