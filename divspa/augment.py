@@ -267,9 +267,11 @@ def user_rows(cfg: AugmentConfig, positives: DataFrame, seen: DataFrame | None, 
             F.col("query_id").alias("user_id"), F.col("neighbour_id").alias("_peer"), F.col("score").alias("_sim"))
         # Each similar user joins as one row holding their click list, not one row per click: the
         # rows shuffled to the user are k_users, not k_users x clicks, and the Arrow pass pools the
-        # items (pooled_peers), not a Spark grouping by (user, item) (21 s -> 15 s at 500k users).
+        # items (pooled_peers), not a Spark grouping by (user, item). Repartitioned by user before
+        # the grouping: a partial collect_list before the shuffle sorts a whole input split of
+        # list rows at once and ran out of execution memory at 2M users (6 GB heap).
         lists = peer_clicks.groupBy(F.col("user_id").alias("_peer")).agg(F.collect_list("item_id").alias("_items"))
-        peers = similar.join(lists, "_peer").groupBy("user_id").agg(
+        peers = similar.join(lists, "_peer").repartition("user_id").groupBy("user_id").agg(
             F.collect_list(F.struct("_sim", "_items")).alias("_peers"))
         rows = rows.join(peers.select("user_id", F.col("_peers._sim").alias("peer_sim"),
                                       F.col("_peers._items").alias("peer_items")), "user_id", "left")
