@@ -78,10 +78,12 @@ VARIANTS: dict[str, dict] = {
     "tail_quota_1": {"tail_quota": 1},
     "tail_quota_2": {"tail_quota": 2},
     # The paper's other mix-up (Eq. 2), and (not in the paper) augmented positives that move the
-    # user tower only (divspa.augmented_item_grad = false).
+    # user tower only, or with a share of their item-side gradient (divspa.augmented_item_grad).
     "mixup_representation": {"mixup": "representation"},
-    "no_aug_item_grad": {"augmented_item_grad": False},
-    "no_aug_item_grad_beta_0.25": {"augmented_item_grad": False, "beta": 0.25},
+    "no_aug_item_grad": {"augmented_item_grad": 0.0},
+    "no_aug_item_grad_beta_0.25": {"augmented_item_grad": 0.0, "beta": 0.25},
+    "aug_item_grad_0.5": {"augmented_item_grad": 0.5},
+    "aug_item_grad_0.25": {"augmented_item_grad": 0.25},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
 AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",

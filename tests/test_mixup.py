@@ -60,20 +60,22 @@ def test_gradients_flow_to_augmented_items():
     assert t["aug"].grad is not None and float(t["aug"].grad.abs().sum()) > 0
 
 
-def test_without_augmented_item_grad_only_the_user_learns_from_augmented_positives():
-    # divspa.augmented_item_grad = false: the same loss value; the user (and the real positive and
-    # negatives) get the same gradient, the augmented item vectors none.
+def test_augmented_item_grad_scales_only_the_augmented_items_gradient():
+    # divspa.augmented_item_grad = g: the same loss value; the user (and the real positive and
+    # negatives) get the same gradient, the augmented item vectors g times theirs (none at 0).
     grads = {}
-    for aug_grad in (True, False):
+    for g in (1.0, 0.5, 0.0):
         t = tensors()
         for name in ("user", "aug", "pos"):
             t[name] = t[name].clone().requires_grad_(True)
-        loss = mixup_loss(**t, beta=BETA, aug_grad=aug_grad)
+        loss = mixup_loss(**t, beta=BETA, aug_grad=g)
         loss.backward()
-        grads[aug_grad] = (float(loss), t["user"].grad, t["aug"].grad, t["pos"].grad)
-    assert grads[True][0] == grads[False][0]
-    assert torch.equal(grads[True][1], grads[False][1]) and torch.equal(grads[True][3], grads[False][3])
-    assert float(grads[True][2].abs().sum()) > 0 and grads[False][2] is None
+        grads[g] = (float(loss), t["user"].grad, t["aug"].grad, t["pos"].grad)
+    assert grads[1.0][0] == grads[0.0][0] and abs(grads[0.5][0] - grads[1.0][0]) < 1e-6
+    for g in (0.5, 0.0):
+        assert torch.equal(grads[1.0][1], grads[g][1]) and torch.equal(grads[1.0][3], grads[g][3])
+    assert float(grads[1.0][2].abs().sum()) > 0 and grads[0.0][2] is None
+    assert torch.allclose(grads[0.5][2], 0.5 * grads[1.0][2])
 
 
 def test_each_augmented_positive_may_carry_its_strategys_beta():

@@ -24,13 +24,15 @@ def mixup_loss(user: torch.Tensor, pos: torch.Tensor, aug: torch.Tensor, neg: to
                aug_idx: torch.Tensor, aug_w: torch.Tensor, neg_idx: torch.Tensor, omega: float,
                beta: float | torch.Tensor, mode: str = "output", neg_logq: torch.Tensor | None = None,
                pos_logq: torch.Tensor | None = None, aug_logq: torch.Tensor | None = None,
-               aug_grad: bool = True) -> torch.Tensor:
+               aug_grad: float = 1.0) -> torch.Tensor:
     """Per-row loss. user [B,d]; pos [B,d]; aug [B,A,d] with indices aug_idx [B,A] (0 = none) and
     weights aug_w [B,A] (0 for padding); neg [N,d] with indices neg_idx [N]. beta: one weight, or
-    [B,A] (each augmented positive its strategy's beta). aug_grad False: the same loss, with no
-    gradient into the augmented item vectors (divspa.augmented_item_grad)."""
-    if not aug_grad:
+    [B,A] (each augmented positive its strategy's beta). aug_grad < 1: the same loss, with only that
+    share of the gradient reaching the augmented item vectors (divspa.augmented_item_grad)."""
+    if aug_grad == 0:
         aug = aug.detach()
+    elif aug_grad != 1:  # same values, gradient scaled by aug_grad
+        aug = aug_grad * aug + (1 - aug_grad) * aug.detach()
     if mode == "representation":
         if isinstance(beta, torch.Tensor):
             mixed = pos + ((beta * aug_w).unsqueeze(-1) * aug).sum(1)
