@@ -70,7 +70,7 @@ def test_augmented_item_grad_scales_only_the_augmented_items_gradient():
             t[name] = t[name].clone().requires_grad_(True)
         loss = mixup_loss(**t, beta=BETA, aug_grad=g)
         loss.backward()
-        grads[g] = (float(loss), t["user"].grad, t["aug"].grad, t["pos"].grad)
+        grads[g] = (float(loss.detach()), t["user"].grad, t["aug"].grad, t["pos"].grad)
     assert grads[1.0][0] == grads[0.0][0] and abs(grads[0.5][0] - grads[1.0][0]) < 1e-6
     for g in (0.5, 0.0):
         assert torch.equal(grads[1.0][1], grads[g][1]) and torch.equal(grads[1.0][3], grads[g][3])
