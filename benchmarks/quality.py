@@ -175,8 +175,7 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
             augment(ctx, "bench.augment", BASE_VERSION)
             augmented_with = want
         ctx.cfg.augment.strategies = list(spec.get("strategies", default.augment.strategies))
-        ctx.cfg.divspa.beta = spec.get("beta", default.divspa.beta)
-        for key in ("mixup", "augmented_item_grad"):
+        for key in ("beta", "mixup", "augmented_item_grad"):
             setattr(ctx.cfg.divspa, key, spec.get(key, getattr(default.divspa, key)))
         for strategy in ALL:  # per-strategy beta (divspa.beta_<strategy>), None = the shared one
             key = f"beta_{strategy}"

@@ -187,12 +187,17 @@ class ItemSide:
         return _ITEMS[self.key]
 
 
-def _list_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(row of each value, flat values) of a list column; null lists are empty."""
-    col = table.column(name).combine_chunks()
+def _flatten(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(row of each value, flat values) of a list array; null lists are empty."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
-    return np.repeat(np.arange(len(col)), lengths), values
+    return np.repeat(np.arange(len(col)), lengths), pc.list_flatten(col)
+
+
+def _list_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each value, flat values as numpy) of a list column; null lists are empty."""
+    rows, values = _flatten(table.column(name))
+    return rows, values.to_numpy(zero_copy_only=False)
 
 
 def item_side(cfg: AugmentConfig, items: DataFrame, neighbours: DataFrame, item_clicks: DataFrame | None) -> ItemSide:
@@ -287,13 +292,10 @@ def pooled_peers(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     support is the sum of those users' similarities to u (augment.rank_by neighbour). The sums add
     at most k_users float32 values in double, exactly unless their magnitudes differ by more than
     2^29: the order they are added in does not matter."""
-    peer_user, sim = _list_column(table, "peer_sim")
-    col = table.column("peer_items").combine_chunks()
-    lists = pc.list_flatten(col)  # one list of items per similar user, in peer_sim's order
-    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    peer = np.repeat(np.arange(len(lengths)), lengths)
-    user = peer_user[peer]
-    item = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    _, sim = _list_column(table, "peer_sim")
+    peer_user, lists = _flatten(table.column("peer_items"))  # one item list per similar user, as peer_sim
+    peer, items = _flatten(lists)
+    user, item = peer_user[peer], items.to_numpy(zero_copy_only=False).astype(np.int64)
     order = np.lexsort((item, user))
     user, item, support = user[order], item[order], sim[peer[order]].astype(np.float64)
     start = np.flatnonzero(np.r_[True, (user[1:] != user[:-1]) | (item[1:] != item[:-1])]) if len(user) else user
