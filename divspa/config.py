@@ -230,9 +230,10 @@ class RetrieveConfig:
     k_users: int = _opt(20, ge=1)  # k_u: neighbours kept per user for u2u
     index: Literal["flat", "ivf", "hnsw"] = "flat"
     ivf_nlist: int = _opt(0, ge=0)  # 0 = about 4 * sqrt(corpus size)
-    # Lists an IVF query visits. 0: tuned per index, the smallest power of two whose recall@k on
-    # 500 of the corpus's own vectors reaches halfway from min_recall to 1 (a fixed 16 gave i2i
-    # recall@50 0.79 on 18,000 items: how many lists are needed depends on the vectors).
+    # Lists an IVF query visits. 0: tuned per index, the smallest step (1, 2, 3, 4, 6, 8, 12, ...)
+    # whose recall@k on 500 of the list's own queries (u2i: hash-sampled users; i2i, u2u: the
+    # corpus itself, minus each query) reaches min_recall + 0.01 (a fixed 16 gave i2i recall@50
+    # 0.79 on 18,000 items: how many lists are needed depends on the vectors).
     ivf_nprobe: int = _opt(0, ge=0)
     hnsw_m: int = _opt(32, ge=4)
     hnsw_ef_construction: int = _opt(128, ge=8)

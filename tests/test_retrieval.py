@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -247,3 +248,21 @@ def test_a_corpus_searching_itself_is_tuned_to_min_recall_without_counting_itsel
     _, got = itself.search(queries, 21)
     recall = np.mean([len(set(a[1:]) & set(b[1:])) / 20 for a, b in zip(got.tolist(), truth.tolist(), strict=True)])
     assert recall >= 0.9
+
+
+def test_an_index_tuned_on_a_sample_of_its_queries_reaches_min_recall_on_the_rest():
+    """u2i: users search the items. Queries unlike the corpus's own vectors need more lists than
+    the corpus vectors show, so nprobe is tuned on a sample of the queries themselves."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(40, 16))
+    corpus = normalise((centres[rng.integers(0, 40, 8000)] + 0.6 * rng.normal(size=(8000, 16))).astype(np.float32))
+    users = normalise((centres[rng.integers(0, 40, 1000)] + 2.0 * rng.normal(size=(1000, 16))).astype(np.float32))
+    cfg = RetrieveConfig(index="ivf", min_recall=0.9)
+    _, truth = build_index(corpus, RetrieveConfig(index="flat")).search(users[500:], 20)
+
+    def recall(index: faiss.Index) -> float:
+        _, got = index.search(users[500:], 20)
+        return float(np.mean([len(set(a) & set(b)) / 20 for a, b in zip(got.tolist(), truth.tolist(), strict=True)]))
+
+    assert recall(build_index(corpus, cfg, seed=1, k=20, queries=users[:500])) >= 0.9
+    assert recall(build_index(corpus, cfg, seed=1, k=20)) < 0.85  # tuned on the corpus's vectors instead

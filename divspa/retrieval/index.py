@@ -28,9 +28,12 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return v / np.maximum(norms, 1e-12)
 
 
-# Corpus vectors searched as queries when IVF's nprobe is tuned (retrieve.ivf_nprobe = 0).
+# Queries searched when IVF's nprobe is tuned (retrieve.ivf_nprobe = 0): corpus vectors, or a
+# sample of the queries that will search it.
 TUNE_QUERIES = 500
-SELF_SEARCH_MARGIN = 0.01
+# Above min_recall when the tuning queries are drawn from those that will search (about two
+# standard errors of a 500-query estimate).
+TUNED_MARGIN = 0.01
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per IVF list (faiss warns below 39)
 
 
@@ -43,19 +46,21 @@ def nprobe_steps(nlist: int) -> list[int]:
 
 
 def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: float, seed: int,
-                self_search: bool = False) -> tuple[int, float]:
-    """(nprobe, recall@k there): the smallest of `nprobe_steps` whose recall@k, for a seeded sample
-    of the corpus's own vectors as queries against exact search, reaches `target`. self_search: each
-    query's own vector is not counted (u2u excludes the user itself; it would always be found).
+                self_search: bool = False, queries: np.ndarray | None = None) -> tuple[int, float]:
+    """(nprobe, recall@k there): the smallest of `nprobe_steps` whose recall@k against exact search
+    reaches `target`, for `queries` or else a seeded sample of the corpus's own vectors. self_search
+    (corpus vectors as queries): each query's own vector is not counted (u2u excludes the user
+    itself; it would always be found).
 
     How many lists a query must visit depends on how clustered the vectors are, which a fixed
     default cannot know: nprobe 16 gave i2i recall@50 0.79 on 18,000 items (BENCHMARKS, "Scale")."""
     n = len(vectors)
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(n, min(TUNE_QUERIES, n), replace=False))
-    queries = vectors[rows]
     # what each query's results drop: itself (self_search), else only faiss's -1 for a missing slot
-    own = rows.tolist() if self_search else [-1] * len(rows)
+    if queries is None:
+        rows = np.sort(np.random.default_rng(seed).choice(n, min(TUNE_QUERIES, n), replace=False))
+        queries, own = vectors[rows], rows.tolist() if self_search else [-1] * len(rows)
+    else:
+        self_search, own = False, [-1] * len(queries)
     k = min(k, n - 1 if self_search else n)
     depth = k + 1 if self_search else k
     exact = faiss.IndexFlatIP(vectors.shape[1])
@@ -76,10 +81,11 @@ def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: floa
 
 
 def build_index(vectors: np.ndarray, cfg: RetrieveConfig, seed: int = 0, k: int = 50,
-                self_search: bool = False) -> faiss.Index:
+                self_search: bool = False, queries: np.ndarray | None = None) -> faiss.Index:
     """An inner-product index of the (already normalised) vectors; row i has faiss id i. k: the
-    neighbours its searches keep (what ivf_nprobe = 0 tunes the recall of); self_search: the
-    queries will be these vectors themselves (u2u), so tuning on them measures the real thing."""
+    neighbours its searches keep (what ivf_nprobe = 0 tunes the recall of). Tuning measures the
+    real thing when self_search (the queries will be these vectors themselves, u2u, i2i) or when
+    `queries` holds a (normalised) sample of those that will search (u2i: users' vectors)."""
     n, d = vectors.shape
     if cfg.index == "flat" or n < 1000:  # approximate indexes need enough points to train on
         index = faiss.IndexFlatIP(d)
@@ -96,14 +102,16 @@ def build_index(vectors: np.ndarray, cfg: RetrieveConfig, seed: int = 0, k: int 
         if cfg.ivf_nprobe:
             index.nprobe = min(cfg.ivf_nprobe, nlist)
         else:
-            # Other queries (users against items): aim halfway from min_recall to 1, as the sample
-            # is not what will be searched. The corpus searching itself: min_recall plus about two
-            # standard errors of the 500-query estimate (at 1.9M users halfway meant 48 lists
-            # instead of 32, recall@20 0.986 instead of 0.971, at 70 % of the speed).
-            target = cfg.min_recall + (SELF_SEARCH_MARGIN if self_search else (1.0 - cfg.min_recall) / 2)
-            index.nprobe, recall = tune_nprobe(index, vectors, k, target, seed, self_search)
-            log.info("ivf: %d vectors in %d lists, nprobe %d (recall@%d %.3f on %d corpus vectors as queries)",
-                     n, nlist, index.nprobe, k, recall, min(TUNE_QUERIES, n))
+            # Tuned on what will be searched (the corpus itself, or a sample of the queries):
+            # min_recall plus about two standard errors of the 500-query estimate (at 1.9M users
+            # halfway to 1 meant 48 lists instead of 32, recall@20 0.986 instead of 0.971, at 70 %
+            # of the speed). On corpus vectors standing in for other queries: halfway to 1.
+            real = self_search or queries is not None
+            target = cfg.min_recall + (TUNED_MARGIN if real else (1.0 - cfg.min_recall) / 2)
+            index.nprobe, recall = tune_nprobe(index, vectors, k, target, seed, self_search, queries)
+            log.info("ivf: %d vectors in %d lists, nprobe %d (recall@%d %.3f on %d %s as queries)",
+                     n, nlist, index.nprobe, k, recall, min(TUNE_QUERIES, n) if queries is None else len(queries),
+                     "sampled queries" if queries is not None else "corpus vectors")
         return index
     else:
         index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)

@@ -27,7 +27,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from divspa.config import RetrieveConfig
-from divspa.retrieval.index import Shard, build_index, deserialize, normalise, search_topk, serialize
+from divspa.retrieval.index import (
+    TUNE_QUERIES,
+    Shard,
+    build_index,
+    deserialize,
+    normalise,
+    search_topk,
+    serialize,
+)
 from divspa.storage import StorageSettings, is_local, join, resolve
 
 log = logging.getLogger(__name__)
@@ -50,16 +58,16 @@ def list_vectors(table: pa.Table | pa.RecordBatch, column: str = "vector") -> np
 
 
 def _indexed(ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int, k: int,
-             self_search: bool) -> tuple[np.ndarray, np.ndarray, faiss.Index]:
+             self_search: bool, queries: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, faiss.Index]:
     """(ids, normalised vectors, index) of one shard, in id order: the index never depends on row order."""
     order = np.argsort(ids, kind="stable")
     ids, vectors = ids[order], normalise(vectors[order])
-    return ids, vectors, build_index(vectors, cfg, seed, k, self_search)
+    return ids, vectors, build_index(vectors, cfg, seed, k, self_search, queries)
 
 
 def _shard_bytes(ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int, k: int,
-                 self_search: bool) -> bytes:
-    ids, vectors, index = _indexed(ids, vectors, cfg, seed, k, self_search)
+                 self_search: bool, queries: np.ndarray | None) -> bytes:
+    ids, vectors, index = _indexed(ids, vectors, cfg, seed, k, self_search, queries)
     buf = io.BytesIO()
     np.savez(buf, index=np.frombuffer(serialize(index), np.uint8), ids=ids, vectors=vectors)
     return buf.getvalue()
@@ -77,9 +85,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def write_mapped_shard(location: str, ids: np.ndarray, vectors: np.ndarray, cfg: RetrieveConfig, seed: int, k: int,
-                       self_search: bool, settings: StorageSettings) -> None:
+                       self_search: bool, queries: np.ndarray | None, settings: StorageSettings) -> None:
     """The shard's index, ids and normalised vectors as the files of SHARD_FILES under `location`."""
-    ids, vectors, index = _indexed(ids, vectors, cfg, seed, k, self_search)
+    ids, vectors, index = _indexed(ids, vectors, cfg, seed, k, self_search, queries)
     settings.write_bytes(join(location, "ids.npy"), _npy_bytes(ids))
     settings.write_bytes(join(location, "vectors.npy"), _npy_bytes(vectors))
     settings.write_bytes(join(location, "index.faiss"), serialize(index))  # last: the shard is whole once it exists
@@ -134,11 +142,19 @@ class Corpus:
         return _CACHE[key]
 
 
+def tuning_queries(queries: DataFrame, seed: int) -> np.ndarray:
+    """The normalised vectors of the `TUNE_QUERIES` queries (id, vector) with the smallest hash of
+    (seed, id): a sample of what will search, whatever its partitioning, for tuning nprobe."""
+    table = queries.orderBy(F.xxhash64(F.lit(seed), "id"), "id").limit(TUNE_QUERIES).select("vector").toArrow()
+    return normalise(list_vectors(table))
+
+
 def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: str, seed: int,
-                   settings: StorageSettings | None = None, k: int = 50, self_search: bool = False) -> Corpus:
-    """Index the corpus (id, vector) for search, broadcast or mapped by its size (k and
-    self_search: the neighbours searches keep and whether the corpus will search itself, for an
-    IVF index's tuned nprobe, see `build_index`).
+                   settings: StorageSettings | None = None, k: int = 50, self_search: bool = False,
+                   queries: DataFrame | None = None) -> Corpus:
+    """Index the corpus (id, vector) for search, broadcast or mapped by its size (k, self_search
+    and queries: the neighbours searches keep, whether the corpus will search itself, and else
+    the queries (id, vector) that will search it, for an IVF index's tuned nprobe, see `build_index`).
 
     Mapped indexes are written under `scratch` (a path or URI every executor reaches), read back
     with `settings`."""
@@ -148,11 +164,12 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
     n, d = int(stats["n"]), int(stats["d"] or 0)
     if n == 0:
         raise ValueError(f"{name}: the corpus is empty")
+    tune = tuning_queries(queries, seed) if queries is not None and cfg.index == "ivf" and not cfg.ivf_nprobe else None
     overhead = 1.0 + (2.0 * cfg.hnsw_m / d if cfg.index == "hnsw" and d else 0.0)
     mb = n * d * 4 * 2 * overhead / 2**20  # vectors twice (index + exact re-scoring copy)
     if not cfg.shards and mb <= cfg.broadcast_max_mb:
         table = corpus.select("id", "vector").toArrow()
-        data = _shard_bytes(table.column("id").to_numpy(), list_vectors(table), cfg, seed, k, self_search)
+        data = _shard_bytes(table.column("id").to_numpy(), list_vectors(table), cfg, seed, k, self_search, tune)
         log.info("%s: broadcasting a %s index of %d vectors (%.1f MB)", name, cfg.index, n, len(data) / 2**20)
         return Corpus(broadcast=spark.sparkContext.broadcast(data), key=hashlib.sha256(data).hexdigest())
     shards = cfg.shards or 1
@@ -164,7 +181,7 @@ def prepare_corpus(corpus: DataFrame, cfg: RetrieveConfig, scratch: str, name: s
             faiss.omp_set_num_threads(os.cpu_count() or 1)
         path = join(base, f"shard-{shard:05d}")
         write_mapped_shard(path, table.column("id").to_numpy(), list_vectors(table), cfg, seed + shard, k, self_search,
-                           settings)
+                           tune, settings)
         return pa.table({"shard": pa.array([shard], pa.int32()), "path": [path], "rows": pa.array([table.num_rows], pa.int64())})
 
     built = (

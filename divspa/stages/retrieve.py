@@ -43,9 +43,11 @@ def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str]
     items = embeddings(ctx, "item_embeddings", "item_id", version)
     parts: list[DataFrame] = []
     searches = {} if searches is None else searches
-    if {"u2i", "i2i"} & set(strategies):
-        item_corpus = prepare_corpus(items, rcfg, scratch, "items", seed, storage.settings(), rcfg.k)
+    # Each list indexes its corpus for its own queries: an IVF index's nprobe is tuned on them
+    # (u2i: a sample of the users; i2i, u2u: the corpus searching itself).
     if "u2i" in strategies:
+        item_corpus = prepare_corpus(items, rcfg, scratch, "items-u2i", seed, storage.settings(), rcfg.k,
+                                     queries=users)
         seen = (excluded_clicks(ctx.read("train_examples"), ctx.cfg.augment.exclude)
                 .groupBy(F.col("user_id").alias("id")).agg(F.sort_array(F.collect_set("item_id")).alias("exclude")))
         q = users.join(seen, "id", "left").select(
@@ -54,6 +56,8 @@ def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str]
         parts.append(knn(q, item_corpus, rcfg.k, rcfg.partitions, rcfg.query_batch).withColumn("strategy", F.lit("u2i")))
         searches["u2i"] = (q, items, rcfg.k)
     if "i2i" in strategies:
+        item_corpus = prepare_corpus(items, rcfg, scratch, "items-i2i", seed, storage.settings(), rcfg.k,
+                                     self_search=True)
         positives = ctx.read("train_examples").select(F.col("item_id").alias("id")).distinct()
         q = items.join(positives, "id", "left_semi").select(
             F.col("id").alias("query_id"), "vector", F.array(F.col("id")).alias("exclude"))
