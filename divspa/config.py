@@ -213,9 +213,10 @@ class TrainConfig:
     # tasks on the executors.
     processes: int = _opt(1, ge=1)
     distributor: Literal["local", "cluster"] = "local"
-    # Sparse embedding gradients with SparseAdam (lazy Adam): a step's cost no longer grows with
-    # the item vocabulary (30x cheaper steps at 420k items). Off by default: it trains different models.
-    sparse_embeddings: bool = False
+    # Sparse embedding gradients with CatchUpAdam (divspa/models/catchup_adam.py): dense Adam's
+    # updates, but a step costs the rows the batch looks up, not the item vocabulary. Ignored (the
+    # tables stay dense, the updates the same) with weight_decay > 0 or processes > 1.
+    sparse_embeddings: bool = True
 
 
 @dataclass
@@ -479,12 +480,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if cfg.model.arch == "autoint" and cfg.model.embedding_dim % cfg.model.attention_heads:
         raise ConfigError(f"{source}: model.embedding_dim = {cfg.model.embedding_dim} is not divisible by "
                           f"model.attention_heads = {cfg.model.attention_heads}")
-    if cfg.train.sparse_embeddings and cfg.train.weight_decay:
-        raise ConfigError(f"{source}: train.sparse_embeddings cannot apply train.weight_decay to the embedding tables "
-                          "(SparseAdam has none): set one of them off")
-    if cfg.train.sparse_embeddings and cfg.train.processes > 1:
-        raise ConfigError(f"{source}: train.sparse_embeddings is not supported with train.processes > 1 "
-                          "(sparse gradients through DistributedDataParallel are untested here)")
     if cfg.publish.k not in cfg.eval.ks:
         raise ConfigError(f"{source}: publish.k = {cfg.publish.k} is not one of eval.ks = {cfg.eval.ks}: the gates "
                           "can only read a cut-off the evaluate stage computes")

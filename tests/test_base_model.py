@@ -101,7 +101,7 @@ def test_validation_masks_the_users_fitted_items(trained):
 
 
 def test_sparse_embedding_gradients_train(trained):
-    """train.sparse_embeddings: the tables get sparse gradients and SparseAdam, the rest dense
+    """train.sparse_embeddings: the tables get sparse gradients and CatchUpAdam, the rest dense
     Adam; the model learns, reproducibly, and the padding row never moves."""
     import copy
 
@@ -121,7 +121,7 @@ def test_sparse_embedding_gradients_train(trained):
 
     trainer, before, report = fit()
     assert isinstance(trainer.optimizer, Optimizers)
-    assert [type(o).__name__ for o in trainer.optimizer.optimizers] == ["SparseAdam", "Adam"]
+    assert [type(o).__name__ for o in trainer.optimizer.optimizers] == ["CatchUpAdam", "Adam"]
     assert report.train_loss[1] < report.train_loss[0] and report.best_val_hr > 0
     after = trainer.model.item_tower.ids.weight.detach()
     moved = (after != before).any(dim=1)

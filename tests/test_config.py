@@ -148,13 +148,6 @@ def test_publish_settings_are_checked(tmp_path):
     assert load_config(None, ["publish.max_divspa_drop=null"]).publish.max_divspa_drop is None
 
 
-def test_sparse_embeddings_refuse_what_they_cannot_do():
-    with pytest.raises(ConfigError, match="weight_decay"):
-        load_config(None, ["train.sparse_embeddings=true", "train.weight_decay=0.01"])
-    with pytest.raises(ConfigError, match=r"processes > 1"):
-        load_config(None, ["train.sparse_embeddings=true", "train.processes=2"])
-
-
 def test_tail_quota_is_part_of_the_draws(tmp_path):
     with pytest.raises(ConfigError, match=r"augment\.tail_quota = 4 exceeds augment\.m = 3"):
         load_config(write(tmp_path, "augment:\n  tail_quota: 4\n"))

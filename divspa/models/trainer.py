@@ -26,6 +26,7 @@ from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
 from divspa.config import Config, TrainConfig
+from divspa.models.catchup_adam import CatchUpAdam
 from divspa.models.checkpoint import ModelBundle
 from divspa.models.data import encode_examples, encode_users
 from divspa.models.loss import NegativeSampler, sampled_softmax_loss
@@ -86,7 +87,7 @@ class Progress:
 
 
 class Optimizers:
-    """Several optimisers stepped as one (dense Adam beside SparseAdam for the embeddings)."""
+    """Several optimisers stepped as one (dense Adam beside CatchUpAdam for the embeddings)."""
 
     def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
         self.optimizers = optimizers
@@ -99,25 +100,31 @@ class Optimizers:
         for o in self.optimizers:
             o.step()
 
+    def flush(self) -> None:
+        """Apply the updates an optimiser defers (CatchUpAdam) before the whole model is read."""
+        for o in self.optimizers:
+            if isinstance(o, CatchUpAdam):
+                o.flush()
 
-def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.Optimizer | Optimizers:
-    """Adam over every parameter; with `train.sparse_embeddings`, the embedding tables get sparse
-    gradients and SparseAdam (lazy Adam: only the rows a batch touched move).
+
+def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> Optimizers:
+    """Adam over every parameter; with `train.sparse_embeddings` (the default), the embedding
+    tables get sparse gradients and CatchUpAdam, which gives them dense Adam's updates at the cost
+    of the rows a batch looks up.
 
     Why: dense gradients make every step zero, fill and Adam-update every row of every table, so
-    a step's cost grows with the vocabulary (at 420k items, ~350 ms of a step went to that, against
-    ~10 ms with sparse rows: benchmarks/vocabulary.py). Off by default: lazy Adam is not Adam (rows
-    a batch skips keep their moments), so trained models differ from the dense path's."""
-    if not tcfg.sparse_embeddings:
-        return torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    a step's cost grows with the vocabulary (at 420k items ~365 ms of a ~377 ms step:
+    benchmarks/vocabulary.py). Coupled weight decay moves every row at every step by its own
+    value and DistributedDataParallel all-reduces dense gradients, so with `train.weight_decay`
+    or `train.processes > 1` the tables stay dense: the same updates, at the vocabulary's cost."""
+    if not tcfg.sparse_embeddings or tcfg.weight_decay or tcfg.processes > 1:
+        return Optimizers(torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay))
     tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
-    for m in tables:
-        m.sparse = True
     sparse_ids = {id(m.weight) for m in tables}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-    opts: list[torch.optim.Optimizer] = [torch.optim.SparseAdam([m.weight for m in tables], lr=tcfg.lr)]
+    opts: list[torch.optim.Optimizer] = [CatchUpAdam(tables, lr=tcfg.lr)]
     if dense:
-        opts.append(torch.optim.Adam(dense, lr=tcfg.lr, weight_decay=tcfg.weight_decay))
+        opts.append(torch.optim.Adam(dense, lr=tcfg.lr))
     return Optimizers(*opts)
 
 
@@ -267,6 +274,7 @@ class Trainer:
                     seen += table.num_rows
                     progress.update(seen, total / seen)
             progress.close()
+            self.optimizer.flush()
             total, seen_all = self._all_ranks(total, seen)
             report.epoch_s.append(time.monotonic() - epoch_started)
             seen = int(seen_all)
