@@ -7,7 +7,9 @@ One step is what `Trainer.batch_loss` does per batch at the paper's settings (ba
 shared negatives, 20 history items, embedding 32): towers forward, sampled softmax, backward, the
 optimiser from `divspa.models.trainer.make_optimizer`. Random indices stand in for a batch (the
 cost does not depend on which items). With dense gradients every step touches every row of
-every table; with `train.sparse_embeddings` only the rows in the batch. Prints ms per step.
+every table; with `train.sparse_embeddings` (CatchUpAdam) only the rows in the batch, which the
+lookups of the next steps bring up to date. The per-epoch flush of the rows a run has not looked
+up since is not in the figures (one pass over the tables). Prints ms per step.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,6 +38,7 @@ class CatchUpAdam(torch.optim.Optimizer):
             t.sparse = True
         super().__init__([t.weight for t in tables], {"lr": lr, "betas": betas, "eps": eps})
         self.steps = 0
+        self._sum, self._eps_sum = np.zeros(1024), np.zeros(1024)  # per step a row was last brought up at
         ratio = b1 / math.sqrt(b2)
         self.window = max(1, math.ceil(math.log(1e-12) / math.log(ratio))) if ratio > 0 else 1
         self._hooks = [t.register_forward_pre_hook(self._before_lookup) for t in tables]
@@ -52,24 +54,31 @@ class CatchUpAdam(torch.optim.Optimizer):
     def _before_lookup(self, module: nn.Embedding, args: tuple[torch.Tensor, ...]) -> None:
         self.catch_up(module.weight, args[0].reshape(-1))
 
+    def _advance(self) -> None:
+        """Add step `self.steps`'s term to the sums of every row state it can still reach.
+
+        The sums depend only on the step s a row was last brought up at (and on the current
+        step), so they are kept per s, each updated for the W steps after it: a catch-up is then
+        a lookup, whatever the gap and however many distinct gaps a batch holds."""
+        (b1, b2), t = self.param_groups[0]["betas"], self.steps
+        if t >= len(self._sum):
+            self._sum = np.concatenate([self._sum, np.zeros(len(self._sum))])
+            self._eps_sum = np.concatenate([self._eps_sum, np.zeros(len(self._eps_sum))])
+        s = np.arange(max(0, t - self.window), t)
+        i = (t - s).astype(np.float64)
+        weight = (b1 / math.sqrt(b2)) ** i * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        self._sum[s] += weight
+        # Dense Adam's step t divides by sqrt(v_t) + eps = b2^(i/2) (sqrt(v) + eps * c) / sqrt(1 - b2^t)
+        # with c = sqrt(1 - b2^t) / b2^(i/2): c moves slowly with i, so its weighted mean stands in.
+        self._eps_sum[s] += weight * math.sqrt(1 - b2 ** t) / b2 ** (i / 2)
+
     def _slide(self, since: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row last brought up at step `since`, in float64: the sum above over the steps it
-        missed (k = self.steps - since), and the weighted mean of eps's factor in those steps."""
-        (b1, b2) = self.param_groups[0]["betas"]
-        total, eps_factor = torch.zeros(since.shape, dtype=torch.float64), torch.ones(since.shape, dtype=torch.float64)
-        first, inverse = torch.unique(since, return_inverse=True)
-        i = torch.arange(1, self.window + 1, dtype=torch.float64)
-        for lo in range(0, len(first), 2048):
-            j = first[lo:lo + 2048].to(torch.float64)[:, None] + i[None, :]
-            weight = (b1 / math.sqrt(b2)) ** i * torch.sqrt(1 - b2 ** j) / (1 - b1 ** j)
-            weight = torch.where(j <= self.steps, weight, torch.zeros((), dtype=torch.float64))
-            w = weight.sum(dim=1)
-            total[lo:lo + len(w)] = w
-            # Dense Adam's step j divides by sqrt(v_j) + eps = b2^(i/2) (sqrt(v) + eps * c) / sqrt(1 - b2^j)
-            # with c = sqrt(1 - b2^j) / b2^(i/2): c moves slowly with i, so its weighted mean stands in.
-            c = torch.sqrt(1 - b2 ** j) / b2 ** (i / 2)
-            eps_factor[lo:lo + len(w)] = torch.where(w > 0, (weight * c).sum(dim=1) / w.clamp_min(1e-300), 1.0)
-        return total[inverse], eps_factor[inverse]
+        """Per row last brought up at step `since`: the sum above over the steps it missed, and
+        the weighted mean of eps's factor in those steps."""
+        idx = since.numpy()
+        total, eps_sum = self._sum[idx], self._eps_sum[idx]
+        factor = np.divide(eps_sum, total, out=np.ones_like(total), where=total > 0)
+        return torch.from_numpy(total), torch.from_numpy(factor)
 
     @torch.no_grad()
     def catch_up(self, p: torch.Tensor, rows: torch.Tensor | None = None) -> None:
@@ -112,6 +121,7 @@ class CatchUpAdam(torch.optim.Optimizer):
                                    "(sparse=True), not by indexing its weight")
             self.catch_up(p, p.grad.coalesce().indices()[0])  # rows the forward pass did not bring up
         self.steps += 1
+        self._advance()
         bc1, bc2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
         for p in group["params"]:
             if p.grad is None:
