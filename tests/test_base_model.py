@@ -110,7 +110,7 @@ def test_sparse_embedding_gradients_train(trained):
 
     ctx = trained
     cfg = copy.deepcopy(ctx.cfg)
-    cfg.train.sparse_embeddings, cfg.train.epochs = True, 2
+    cfg.train.sparse_embeddings, cfg.train.sparse_min_rows, cfg.train.epochs = True, 0, 2
 
     def fit() -> tuple[Trainer, torch.Tensor, object]:
         torch.manual_seed(cfg.run.seed)

@@ -88,11 +88,13 @@ def test_the_padding_row_never_moves_and_dense_gradients_are_refused():
 
 
 def test_make_optimizer_keeps_tables_dense_where_sparse_gradients_cannot_go():
-    """Coupled weight decay and DistributedDataParallel need dense gradients: the tables stay dense."""
+    """Small tables, coupled weight decay and DistributedDataParallel: the tables stay dense."""
     def names(*overrides: str) -> list[str]:
-        return [type(o).__name__ for o in make_optimizer(Toy(), load_config(None, list(overrides)).train).optimizers]
+        cfg = load_config(None, ["train.sparse_min_rows=300", *overrides])
+        return [type(o).__name__ for o in make_optimizer(Toy(), cfg.train).optimizers]
 
     assert names() == ["CatchUpAdam", "Adam"]
+    assert names("train.sparse_min_rows=301") == ["Adam"]  # tables of 300 rows: dense is cheaper there
     assert names("train.sparse_embeddings=false") == ["Adam"]
     assert names("train.weight_decay=0.01") == ["Adam"]
     assert names("train.processes=2") == ["Adam"]

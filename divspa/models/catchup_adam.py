@@ -81,11 +81,15 @@ class CatchUpAdam(torch.optim.Optimizer):
         return torch.from_numpy(total), torch.from_numpy(factor)
 
     @torch.no_grad()
-    def catch_up(self, p: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """Apply the zero-gradient steps `rows` of `p` (all rows if None) have missed since their last update."""
+    def catch_up(self, p: torch.Tensor, rows: torch.Tensor | None = None, unique: bool = False) -> None:
+        """Apply the zero-gradient steps `rows` of `p` (all rows if None) have missed since their
+        last update. unique: `rows` holds no repeats (saves a sort)."""
         st = self._state(p)
         synced = st["synced"]
-        rows = torch.arange(p.shape[0], device=p.device) if rows is None else torch.unique(rows)
+        if rows is None:
+            rows = torch.arange(p.shape[0], device=p.device)
+        elif not unique:
+            rows = torch.unique(rows)
         rows = rows[synced[rows] < self.steps]
         if not len(rows):
             return
@@ -113,21 +117,21 @@ class CatchUpAdam(torch.optim.Optimizer):
         loss = closure() if closure is not None else None
         group = self.param_groups[0]
         (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
+        grads = []
         for p in group["params"]:
             if p.grad is None:
                 continue
             if not p.grad.is_sparse:
                 raise RuntimeError("CatchUpAdam takes sparse gradients: look rows up through the nn.Embedding "
                                    "(sparse=True), not by indexing its weight")
-            self.catch_up(p, p.grad.coalesce().indices()[0])  # rows the forward pass did not bring up
+            g = p.grad.coalesce()
+            rows = g.indices()[0]
+            self.catch_up(p, rows, unique=True)  # rows the forward pass did not bring up (none, through the hook)
+            grads.append((p, rows, g.values()))
         self.steps += 1
         self._advance()
         bc1, bc2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            g = p.grad.coalesce()
-            rows, values = g.indices()[0], g.values()
+        for p, rows, values in grads:
             st = self._state(p)
             m = st["exp_avg"][rows].mul_(b1).add_(values, alpha=1 - b1)
             v = st["exp_avg_sq"][rows].mul_(b2).addcmul_(values, values, value=1 - b2)
