@@ -218,7 +218,7 @@ class TrainConfig:
     # tables stay dense, the updates the same) with weight_decay > 0 or processes > 1.
     sparse_embeddings: bool = True
     # Tables with fewer rows stay dense: there a dense Adam step is the cheaper of the two
-    # (6.3 vs 10.1 ms a step at 10k items, 67 vs 17 ms at 100k: benchmarks/vocabulary.py).
+    # (6.7 vs 9.0 ms a step at 10k items, 68.0 vs 14.3 ms at 100k: benchmarks/vocabulary.py).
     sparse_min_rows: int = _opt(32768, ge=0)
 
 

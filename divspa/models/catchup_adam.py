@@ -2,7 +2,7 @@
 
 Dense Adam moves every row of a table at every step: a row the batch did not name has a zero
 gradient, but its moments decay and it keeps sliding along its old update direction. So a step
-costs O(vocabulary) (at 420k items ~350 ms of a ~380 ms step, benchmarks/vocabulary.py). Lazy
+costs O(vocabulary) (at 420k items ~364 ms of a 377 ms step, benchmarks/vocabulary.py). Lazy
 Adam (torch's SparseAdam) skips those rows and so trains a different model: on ML-100K it cost
 the DivSPA student its significant gain over base (docs/BENCHMARKS.md, "What lazy Adam does to
 the models").
@@ -97,12 +97,15 @@ class CatchUpAdam(torch.optim.Optimizer):
         (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
         since = synced[rows].cpu()
         k = (self.steps - since).to(torch.float64)
+
+        def per_row(x: torch.Tensor) -> torch.Tensor:  # float64 per-row factors, as a column in p's dtype
+            return x.to(device=p.device, dtype=p.dtype)[:, None]
+
         m, v = st["exp_avg"][rows], st["exp_avg_sq"][rows]
         slide, eps_factor = self._slide(since)
-        slide = (lr * slide).to(p.dtype).to(p.device)[:, None]
-        p[rows] = p[rows] - slide * m / (v.sqrt() + (eps * eps_factor).to(p.dtype).to(p.device)[:, None])
-        st["exp_avg"][rows] = m * (b1 ** k).to(p.dtype).to(p.device)[:, None]
-        st["exp_avg_sq"][rows] = v * (b2 ** k).to(p.dtype).to(p.device)[:, None]
+        p[rows] = p[rows] - per_row(lr * slide) * m / (v.sqrt() + per_row(eps * eps_factor))
+        st["exp_avg"][rows] = m * per_row(b1 ** k)
+        st["exp_avg_sq"][rows] = v * per_row(b2 ** k)
         synced[rows] = self.steps
 
     @torch.no_grad()

@@ -113,16 +113,15 @@ def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> Optimizers:
     gives them dense Adam's updates at the cost of the rows a batch looks up.
 
     Why: dense gradients make every step zero, fill and Adam-update every row of every table, so
-    a step's cost grows with the vocabulary (at 420k items ~365 ms of a ~377 ms step:
+    a step's cost grows with the vocabulary (at 420k items ~364 ms of a 377 ms step:
     benchmarks/vocabulary.py). Coupled weight decay moves every row at every step by its own
     value and DistributedDataParallel all-reduces dense gradients, so with `train.weight_decay`
     or `train.processes > 1` the tables stay dense: the same updates, at the vocabulary's cost."""
-    if not tcfg.sparse_embeddings or tcfg.weight_decay or tcfg.processes > 1:
-        return Optimizers(torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay))
+    sparse = tcfg.sparse_embeddings and not tcfg.weight_decay and tcfg.processes == 1
     tables = [m for m in model.modules()
-              if isinstance(m, torch.nn.Embedding) and m.num_embeddings >= tcfg.sparse_min_rows]
+              if sparse and isinstance(m, torch.nn.Embedding) and m.num_embeddings >= tcfg.sparse_min_rows]
     if not tables:
-        return Optimizers(torch.optim.Adam(model.parameters(), lr=tcfg.lr))
+        return Optimizers(torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay))
     sparse_ids = {id(m.weight) for m in tables}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
     opts: list[torch.optim.Optimizer] = [CatchUpAdam(tables, lr=tcfg.lr)]
