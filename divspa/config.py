@@ -233,7 +233,12 @@ class RetrieveConfig:
     k: int = _opt(50, ge=1)  # neighbours kept per query for u2i and i2i
     k_users: int = _opt(20, ge=1)  # k_u: neighbours kept per user for u2u
     index: Literal["flat", "ivf", "hnsw"] = "flat"
-    ivf_nlist: int = _opt(0, ge=0)  # 0 = about 4 * sqrt(corpus size)
+    ivf_nlist: int = _opt(0, ge=0)  # 0 = about 4 * sqrt(corpus size), or more lists: see ivf_list_size
+    # Most vectors an IVF list holds on average (when ivf_nlist = 0): nlist = max(4 * sqrt(n),
+    # n / ivf_list_size), so beyond n = 16 * ivf_list_size^2 (262k vectors) the lists stop growing
+    # and a query's scan with them. Over 4,096 lists the coarse quantizer is an HNSW graph and
+    # k-means two-level (divspa.retrieval.index.LARGE_IVF_LISTS).
+    ivf_list_size: int = _opt(128, ge=1)
     # Lists an IVF query visits. 0: tuned per index, the smallest step (1, 2, 3, 4, 6, 8, 12, ...)
     # whose recall@k on 500 of the list's own queries (u2i: hash-sampled users; i2i, u2u: the
     # corpus itself, minus each query) reaches min_recall + 0.01 (a fixed 16 gave i2i recall@50

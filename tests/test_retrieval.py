@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from divspa.config import RetrieveConfig
-from divspa.retrieval.index import Shard, build_index, normalise, search_topk
+from divspa.retrieval import index as index_module
+from divspa.retrieval.index import Shard, build_index, ivf_nlist, normalise, search_topk
 from divspa.retrieval.spark_knn import SHARD_FILES, knn, prepare_corpus
 
 
@@ -248,6 +249,41 @@ def test_a_corpus_searching_itself_is_tuned_to_min_recall_without_counting_itsel
     _, got = itself.search(queries, 21)
     recall = np.mean([len(set(a[1:]) & set(b[1:])) / 20 for a, b in zip(got.tolist(), truth.tolist(), strict=True)])
     assert recall >= 0.9
+
+
+def test_ivf_lists_stop_growing_past_the_list_size():
+    """Up to 16 * ivf_list_size^2 vectors an IVF index keeps about 4*sqrt(n) lists; beyond, lists
+    hold ivf_list_size vectors, so what a query scans no longer grows with the corpus."""
+    cfg = RetrieveConfig(index="ivf", ivf_list_size=128)
+    assert ivf_nlist(100_000, cfg) == int(4 * np.sqrt(100_000))  # 1,264 lists of 79
+    assert ivf_nlist(2_000_000, cfg) == 2_000_000 // 128
+    assert ivf_nlist(2_000_000, RetrieveConfig(index="ivf", ivf_nlist=300)) == 300
+    assert ivf_nlist(1000, cfg) == 1000 // 39  # k-means needs 39 points a list
+
+
+def test_an_ivf_of_many_lists_has_an_hnsw_quantizer_and_reaches_min_recall(monkeypatch, tmp_path):
+    """Many lists: two-level k-means and an HNSW graph over the centroids (threshold lowered here
+    so that small data takes the path). Same bytes for the same seed, tuned to min_recall on
+    what searches it, and the same results once written and memory-mapped."""
+    monkeypatch.setattr(index_module, "LARGE_IVF_LISTS", 64)
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(40, 16))
+    corpus = normalise((centres[rng.integers(0, 40, 12000)] + 0.6 * rng.normal(size=(12000, 16))).astype(np.float32))
+    cfg = RetrieveConfig(index="ivf", ivf_list_size=64, min_recall=0.9)
+    index = build_index(corpus, cfg, seed=3, k=20, self_search=True)
+    assert index.nlist == ivf_nlist(12000, cfg) >= 64
+    quantizer = faiss.downcast_index(index.quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSWFlat) and quantizer.hnsw.efSearch >= index.nprobe
+    again = build_index(corpus, cfg, seed=3, k=20, self_search=True)
+    assert index_module.serialize(again) == index_module.serialize(index)
+    queries = corpus[rng.choice(12000, 300, replace=False)]
+    _, truth = build_index(corpus, RetrieveConfig(index="flat")).search(queries, 21)
+    _, got = index.search(queries, 21)
+    recall = np.mean([len(set(a[1:]) & set(b[1:])) / 20 for a, b in zip(got.tolist(), truth.tolist(), strict=True)])
+    assert recall >= 0.9
+    faiss.write_index(index, str(tmp_path / "index.faiss"))
+    mapped = faiss.read_index(str(tmp_path / "index.faiss"), faiss.IO_FLAG_MMAP_IFC)
+    assert mapped.nprobe == index.nprobe and (mapped.search(queries, 21)[1] == got).all()
 
 
 def test_an_index_tuned_on_a_sample_of_its_queries_reaches_min_recall_on_the_rest():

@@ -9,6 +9,8 @@ query never depends on which other queries share its batch, task or partition.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 from collections.abc import Iterable
@@ -35,6 +37,10 @@ TUNE_QUERIES = 500
 # standard errors of a 500-query estimate).
 TUNED_MARGIN = 0.01
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per IVF list (faiss warns below 39)
+# From this many lists on, an IVF index is trained by two-level k-means and its coarse quantizer
+# is an HNSW graph over the centroids (see `_train_large_ivf`).
+LARGE_IVF_LISTS = 4096
+QUANTIZER_HNSW_M = 32
 
 
 def nprobe_steps(nlist: int) -> list[int]:
@@ -73,11 +79,49 @@ def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: floa
     truth = top(exact)
     recall = 0.0
     for nprobe in nprobe_steps(index.nlist):
-        index.nprobe = nprobe
+        _set_nprobe(index, nprobe)
         recall = float(np.mean([len(a & b) / max(len(b), 1) for a, b in zip(top(index), truth, strict=True)]))
         if recall >= target:
             break
     return index.nprobe, recall
+
+
+def ivf_nlist(n: int, cfg: RetrieveConfig) -> int:
+    """Lists of an IVF index over n vectors: about 4·sqrt(n) (balances the coarse search against
+    the scan when both are linear in their size) until lists would hold more than ivf_list_size
+    vectors, then n / ivf_list_size, so that the vectors a query scans stop growing with the corpus.
+    On the 2M-user rung's 1.88M user vectors, 14,704 lists of 128 reached u2u recall@20 0.964 at
+    210 µs a query where 5,487 lists of 343 needed 264 µs for 0.965 (benchmarks/u2u_index.py --lists)."""
+    return cfg.ivf_nlist or max(1, min(max(int(4 * math.sqrt(n)), n // cfg.ivf_list_size), n // 39))
+
+
+def _set_nprobe(index: faiss.IndexIVF, nprobe: int) -> None:
+    """nprobe, and an HNSW coarse quantizer's search breadth with it (it must find nprobe lists)."""
+    index.nprobe = nprobe
+    quantizer = faiss.downcast_index(index.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSWFlat):
+        quantizer.hnsw.efSearch = max(64, 2 * nprobe)
+
+
+def _train_large_ivf(index: faiss.IndexIVFFlat, vectors: np.ndarray, seed: int) -> None:
+    """Train an IVF index of many lists: two-level k-means (sqrt(nlist) clusters, then each split
+    in proportion to its size) on TRAIN_POINTS_PER_LIST sampled points per list, its centroids added
+    one at a time to the HNSW quantizer (single-threaded: the same graph every run). Flat k-means
+    costs points x lists, i.e. grows with corpus^2 at a fixed list size; on 941k user vectors with
+    3,880 lists it took 7.6 s against 1.5 s for the same recall@20."""
+    with contextlib.redirect_stdout(io.StringIO()):  # its import prints a notice about scipy, unused here
+        from faiss.contrib.clustering import two_level_clustering
+
+    n, nlist = len(vectors), index.nlist
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(n, TRAIN_POINTS_PER_LIST * nlist), replace=False))
+    centroids, _ = two_level_clustering(vectors[rows], int(math.sqrt(nlist)), nlist, spherical=True, seed=seed)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    index.is_trained = True
 
 
 def build_index(vectors: np.ndarray, cfg: RetrieveConfig, seed: int = 0, k: int = 50,
@@ -90,17 +134,24 @@ def build_index(vectors: np.ndarray, cfg: RetrieveConfig, seed: int = 0, k: int 
     if cfg.index == "flat" or n < 1000:  # approximate indexes need enough points to train on
         index = faiss.IndexFlatIP(d)
     elif cfg.index == "ivf":
-        nlist = cfg.ivf_nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
-        quantizer = faiss.IndexFlatIP(d)
+        nlist = ivf_nlist(n, cfg)
+        large = nlist >= LARGE_IVF_LISTS
+        if large:  # searching 4,096+ centroids exhaustively costs a query more than a graph walk
+            quantizer = faiss.IndexHNSWFlat(d, QUANTIZER_HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        else:
+            quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        # k-means on 64 points per list, not faiss's 256: at 1M user vectors (3,880 lists) training
-        # took 17.6 s instead of 65.9 s for the same recall@20 (0.972 vs 0.974 at nprobe 32)
-        index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
-        index.train(vectors)
+        if large:
+            _train_large_ivf(index, vectors, seed)
+        else:
+            # k-means on 64 points per list, not faiss's 256: at 1M user vectors (3,880 lists)
+            # training took 17.6 s instead of 65.9 s for the same recall@20 (0.972 vs 0.974 at nprobe 32)
+            index.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST
+            index.train(vectors)
         index.add(vectors)
         if cfg.ivf_nprobe:
-            index.nprobe = min(cfg.ivf_nprobe, nlist)
+            _set_nprobe(index, min(cfg.ivf_nprobe, nlist))
         else:
             # Tuned on what will be searched (the corpus itself, or a sample of the queries):
             # min_recall plus about two standard errors of the 500-query estimate (at 1.9M users
@@ -108,9 +159,10 @@ def build_index(vectors: np.ndarray, cfg: RetrieveConfig, seed: int = 0, k: int 
             # of the speed). On corpus vectors standing in for other queries: halfway to 1.
             real = self_search or queries is not None
             target = cfg.min_recall + (TUNED_MARGIN if real else (1.0 - cfg.min_recall) / 2)
-            index.nprobe, recall = tune_nprobe(index, vectors, k, target, seed, self_search, queries)
-            log.info("ivf: %d vectors in %d lists, nprobe %d (recall@%d %.3f on %d %s as queries)",
-                     n, nlist, index.nprobe, k, recall, min(TUNE_QUERIES, n) if queries is None else len(queries),
+            nprobe, recall = tune_nprobe(index, vectors, k, target, seed, self_search, queries)
+            _set_nprobe(index, nprobe)
+            log.info("ivf: %d vectors in %d lists (%s quantizer), nprobe %d (recall@%d %.3f on %d %s as queries)",
+                     n, nlist, "hnsw" if large else "flat", index.nprobe, k, recall, min(TUNE_QUERIES, n) if queries is None else len(queries),
                      "sampled queries" if queries is not None else "corpus vectors")
         return index
     else:
