@@ -52,8 +52,8 @@ def main() -> None:
         for name, (queries, corpus, k) in sorted(searches.items()):
             approx = written.where(F.col("strategy") == name)
             got = timed(f"{name}: recall check against exact search",
-                        lambda q=queries, c=corpus, a=approx, k=k, n=name: stage.ann_recall(
-                            q, c, a, k, ctx.cfg.retrieve, ctx.cfg.run.seed, storage.join(scratch, f"{n}-exact")))
+                        lambda q=queries, c=corpus, a=approx, k=k: stage.ann_recall(
+                            q, c, a, k, ctx.cfg.retrieve, ctx.cfg.run.seed))
             print(f"{'':<44}recall@{k} {got[0]:.4f} on {got[1]:,} queries", flush=True)
         timed("rows per list, re-read", lambda: written.groupBy("strategy").count().collect())
     finally:

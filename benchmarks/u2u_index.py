@@ -1,6 +1,11 @@
 """u2u's faiss index alone, on a scale rung's user vectors: build time, µs a query, recall@20 (issue 18).
 
     .venv/bin/python benchmarks/u2u_index.py divspa-output/bench-scale33/warehouse/user_embeddings u2000000
+    .venv/bin/python benchmarks/u2u_index.py divspa-output/bench-scale33/warehouse/user_embeddings u2000000 --lists
+
+--lists: the retrieve stage's own `build_index` (nprobe tuned to min_recall + 0.01 as in a run) at
+list sizes 256, 128 and 64 (`retrieve.ivf_list_size`), against the rule before it (about 4·sqrt(n)
+lists, flat quantizer, flat k-means).
 
 Reads the base model's user vectors of one run (the rung's run id, e.g. u2000000) from the Delta
 table, takes 2,000 random users as queries and their exact top 20 (self excluded) as truth, and
@@ -21,12 +26,14 @@ from deltalake import DeltaTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from divspa.retrieval.index import normalise  # noqa: E402
+from divspa.config import RetrieveConfig  # noqa: E402
+from divspa.retrieval import index as index_module  # noqa: E402
+from divspa.retrieval.index import build_index, normalise  # noqa: E402
 from divspa.retrieval.spark_knn import list_vectors  # noqa: E402
 
 
 def main() -> None:
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], ["--lists"]):
         sys.exit(__doc__)
     faiss.omp_set_num_threads(2)
     tab = DeltaTable(sys.argv[1]).to_pyarrow_table(
@@ -58,6 +65,19 @@ def main() -> None:
         faiss.omp_set_num_threads(2)
         return rows, us
 
+    if sys.argv[3:] == ["--lists"]:
+        large = index_module.LARGE_IVF_LISTS
+        for size in (n, 256, 128, 64):  # n: no cap on a list, the earlier rule
+            # the earlier rule also trained flat k-means with a flat quantizer, whatever the lists
+            index_module.LARGE_IVF_LISTS = 10**9 if size == n else large
+            t = time.perf_counter()
+            ix = build_index(vec, RetrieveConfig(index="ivf", ivf_list_size=size), seed=1, k=20, self_search=True)
+            build = time.perf_counter() - t
+            rows, us = timed_search(ix, 21)
+            quantizer = type(faiss.downcast_index(ix.quantizer)).__name__
+            print(f"{'4*sqrt(n) lists' if size == n else f'lists of {size}'}: nlist {ix.nlist} ({quantizer}), build and "
+                  f"tune {build:.1f}s, nprobe {ix.nprobe}: {us:.0f} us/query, recall@20 {recall(rows):.4f}", flush=True)
+        return
     nlist = int(4 * np.sqrt(n))
     for kind in ("flat", "sq8", "pq4"):
         quant = faiss.IndexFlatIP(d)

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from divspa.config import RetrieveConfig
+from divspa.spark import session_conf
 from divspa.retrieval import index as index_module
 from divspa.retrieval.index import Shard, build_index, ivf_nlist, normalise, search_topk
 from divspa.retrieval.spark_knn import SHARD_FILES, knn, prepare_corpus
@@ -78,6 +79,27 @@ def test_spark_topk_equals_brute_force(spark, tmp_path, way, case):
     for path in prepared.paths:  # plain files a worker maps, not bytes it copies
         assert sorted(os.listdir(path)) == sorted(SHARD_FILES)
     _assert_topk(q, prepared, expected, exclude)
+
+
+@pytest.mark.parametrize("case", ["u2i", "u2u"])
+def test_exact_topk_of_a_few_queries_in_one_pass_equals_brute_force(spark, case):
+    """The recall check's exact side: the queries broadcast, the corpus scanned batch by batch in
+    three partitions, each query's best k merged: the same neighbours, order and ties as brute force,
+    exclusions included (u2i: up to 120 of 300 items)."""
+    from divspa.retrieval.spark_knn import exact_topk_of_few
+
+    q, c, expected, _ = _topk_case(spark, case)
+    sample = q.orderBy("query_id").toArrow()
+    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "40"}):
+        rows, ids, scores = exact_topk_of_few(sample, c.repartition(3), 7)
+    qids = sample.column("query_id").to_numpy()
+    got: dict[int, list] = {}
+    for r, i, s in zip(qids[rows].tolist(), ids.tolist(), scores.tolist(), strict=True):
+        got.setdefault(r, []).append((i, s))
+    assert set(got) == set(expected)
+    for qid, want in expected.items():
+        assert [i for i, _ in got[qid]] == [i for i, _ in want]
+        assert np.allclose([s for _, s in got[qid]], [s for _, s in want], atol=1e-6)
 
 
 def test_a_corpus_mapped_from_an_object_store(spark, s3, tmp_path):
@@ -202,7 +224,7 @@ def test_approximate_recall_is_measured_against_exact_search(spark, tmp_path):
     for nprobe in (16, 1):
         cfg = RetrieveConfig(index="ivf", ivf_nlist=16, ivf_nprobe=nprobe, recall_sample=100)
         approx = knn(q, prepare_corpus(c, cfg, str(tmp_path / "ivf"), "c", 1), 10)
-        found[nprobe] = ann_recall(q, c, approx, 10, cfg, 7, str(tmp_path / f"exact{nprobe}"))
+        found[nprobe] = ann_recall(q, c, approx, 10, cfg, 7)
     assert found[16] == (1.0, 100)
     assert found[1][1] == 100 and 0.1 < found[1][0] < 0.9, found[1]
 
