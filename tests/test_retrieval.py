@@ -229,6 +229,27 @@ def test_approximate_recall_is_measured_against_exact_search(spark, tmp_path):
     assert found[1][1] == 100 and 0.1 < found[1][0] < 0.9, found[1]
 
 
+def test_recall_counts_an_equally_scored_neighbour_as_found(spark):
+    """Ten corpus vectors are one vector: the exact top 5 keeps the five smallest ids, an index may
+    return the other five; same scores, so recall 1.0. A neighbour below the 5th score is a miss."""
+    from divspa.stages.retrieve import ann_recall
+
+    rng = np.random.default_rng(3)
+    corpus = rng.normal(size=(60, 8)).astype(np.float32)
+    corpus[:10] = corpus[0]
+    query = (corpus[0] + 0.3 * rng.normal(size=8)).astype(np.float32)[None]
+    q, c = spark_frames(spark, np.array([1000]), query, [[]], np.arange(60), corpus)
+    score = (normalise(corpus).astype(np.float64) @ normalise(query)[0].astype(np.float64)).astype(np.float32)
+    cfg = RetrieveConfig(index="ivf", recall_sample=10)
+
+    def approx(ids):
+        return spark.createDataFrame([(1000, int(i), float(score[i])) for i in ids], "query_id bigint, neighbour_id bigint, score float")
+
+    assert ann_recall(q, c, approx([5, 6, 7, 8, 9]), 5, cfg, 1) == (1.0, 1)
+    worst = int(np.argmin(score))
+    assert ann_recall(q, c, approx([5, 6, 7, 8, worst]), 5, cfg, 1) == (0.8, 1)
+
+
 def test_retrieve_writes_recall_to_metrics(trained, tmp_path):
     """The stage checks each list of an approximate index and writes ann_recall (on this small
     corpus faiss falls back to an exact index: recall 1.0)."""
