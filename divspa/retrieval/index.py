@@ -90,8 +90,9 @@ def ivf_nlist(n: int, cfg: RetrieveConfig) -> int:
     """Lists of an IVF index over n vectors: about 4·sqrt(n) (balances the coarse search against
     the scan when both are linear in their size) until lists would hold more than ivf_list_size
     vectors, then n / ivf_list_size, so that the vectors a query scans stop growing with the corpus.
-    On the 2M-user rung's 1.88M user vectors, 14,704 lists of 128 reached u2u recall@20 0.964 at
-    210 µs a query where 5,487 lists of 343 needed 264 µs for 0.965 (benchmarks/u2u_index.py --lists)."""
+    On the 2M-user rung's 1.88M user vectors, 14,704 lists of 128 (tuned nprobe 48) gave u2u
+    recall@20 0.966 at 208 µs a query, 5,487 lists of 343 (nprobe 32) 0.970 at 278 µs
+    (benchmarks/u2u_index.py --lists; docs/BENCHMARKS.md)."""
     return cfg.ivf_nlist or max(1, min(max(int(4 * math.sqrt(n)), n // cfg.ivf_list_size), n // 39))
 
 
@@ -107,8 +108,8 @@ def _train_large_ivf(index: faiss.IndexIVFFlat, vectors: np.ndarray, seed: int) 
     """Train an IVF index of many lists: two-level k-means (sqrt(nlist) clusters, then each split
     in proportion to its size) on TRAIN_POINTS_PER_LIST sampled points per list, its centroids added
     one at a time to the HNSW quantizer (single-threaded: the same graph every run). Flat k-means
-    costs points x lists, i.e. grows with corpus^2 at a fixed list size; on 941k user vectors with
-    3,880 lists it took 7.6 s against 1.5 s for the same recall@20."""
+    costs points x lists, i.e. grows with corpus^2 at a fixed list size; two-level costs points x
+    2·sqrt(lists)."""
     with contextlib.redirect_stdout(io.StringIO()):  # its import prints a notice about scipy, unused here
         from faiss.contrib.clustering import two_level_clustering
 
