@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 
 from divspa.config import RetrieveConfig
-from divspa.spark import session_conf
 from divspa.retrieval import index as index_module
 from divspa.retrieval.index import Shard, build_index, ivf_nlist, normalise, search_topk
 from divspa.retrieval.spark_knn import SHARD_FILES, knn, prepare_corpus
+from divspa.spark import session_conf
 
 
 def brute_force(queries, qids, corpus, cids, exclude, k):

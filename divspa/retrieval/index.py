@@ -36,6 +36,9 @@ TUNE_QUERIES = 500
 # Above min_recall when the tuning queries are drawn from those that will search (about two
 # standard errors of a 500-query estimate).
 TUNED_MARGIN = 0.01
+# A found neighbour whose score is within this of the k-th exact score counts as found: scores are
+# float32 inner products of the same vectors, summed in another order by another faiss index.
+TIE_TOLERANCE = 1e-6
 TRAIN_POINTS_PER_LIST = 64  # k-means sample per IVF list (faiss warns below 39)
 # From this many lists on, an IVF index is trained by two-level k-means and its coarse quantizer
 # is an HNSW graph over the centroids (see `_train_large_ivf`).
@@ -72,15 +75,18 @@ def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: floa
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
 
-    def top(ix: faiss.Index) -> list[set[int]]:  # each query's k best, by the index's ranking
-        _, got = ix.search(queries, depth)
-        return [set([g for g in row if g != r][:k]) for row, r in zip(got.tolist(), own, strict=True)]
+    def top(ix: faiss.Index) -> list[np.ndarray]:  # each query's k best scores, by the index's ranking
+        scores, got = ix.search(queries, depth)
+        return [row[(ids != r) & (ids >= 0)][:k] for row, ids, r in zip(scores, got, own, strict=True)]
 
     truth = top(exact)
     recall = 0.0
     for nprobe in nprobe_steps(index.nlist):
         _set_nprobe(index, nprobe)
-        recall = float(np.mean([len(a & b) / max(len(b), 1) for a, b in zip(top(index), truth, strict=True)]))
+        # as the stage's recall check counts: a neighbour scoring at least the k-th exact score
+        # is found (equal vectors tie, and which of them comes back is no loss)
+        recall = float(np.mean([min(int(np.sum(a >= b[-1] - TIE_TOLERANCE)), len(b)) / len(b) if len(b) else 0.0
+                                for a, b in zip(top(index), truth, strict=True)]))
         if recall >= target:
             break
     return index.nprobe, recall

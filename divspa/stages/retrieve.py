@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from divspa import storage
 from divspa.augment import excluded_clicks
 from divspa.config import RetrieveConfig
+from divspa.retrieval.index import TIE_TOLERANCE
 from divspa.retrieval.spark_knn import exact_topk_of_few, knn, prepare_corpus
 from divspa.runtime import RunContext
 from divspa.schemas import load_schema
@@ -99,9 +100,6 @@ def recall(ctx: RunContext, version: str, searches: Searches) -> dict[str, float
     ks = {s: k for s, (_, _, k) in searches.items()}
     ctx.write_metrics(NAME, [(s, "ann_recall", ks[s], v) for s, v in out.items()])
     return out
-
-
-TIE_TOLERANCE = 1e-6  # scores are float32 of the same float64 dot products on both sides
 
 
 def ann_recall(queries: DataFrame, corpus: DataFrame, approx: DataFrame, k: int, rcfg: RetrieveConfig,
