@@ -54,6 +54,16 @@ def nprobe_steps(nlist: int) -> list[int]:
     return [*steps, nlist]
 
 
+def found_share(found: np.ndarray, exact: np.ndarray) -> float:
+    """One query's recall: the share of its exact neighbours (their scores `exact`) matched by
+    returned neighbours (scores `found`) scoring at least the lowest exact score. Equal vectors
+    tie, and which of them an index returns is no loss. Both nprobe tuning and the retrieve stage's
+    recall check count this way. 0 for a query with no exact neighbours."""
+    if not len(exact):
+        return 0.0
+    return min(int(np.sum(found >= exact.min() - TIE_TOLERANCE)), len(exact)) / len(exact)
+
+
 def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: float, seed: int,
                 self_search: bool = False, queries: np.ndarray | None = None) -> tuple[int, float]:
     """(nprobe, recall@k there): the smallest of `nprobe_steps` whose recall@k against exact search
@@ -83,10 +93,7 @@ def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: floa
     recall = 0.0
     for nprobe in nprobe_steps(index.nlist):
         _set_nprobe(index, nprobe)
-        # as the stage's recall check counts: a neighbour scoring at least the k-th exact score
-        # is found (equal vectors tie, and which of them comes back is no loss)
-        recall = float(np.mean([min(int(np.sum(a >= b[-1] - TIE_TOLERANCE)), len(b)) / len(b) if len(b) else 0.0
-                                for a, b in zip(top(index), truth, strict=True)]))
+        recall = float(np.mean([found_share(a, b) for a, b in zip(top(index), truth, strict=True)]))
         if recall >= target:
             break
     return index.nprobe, recall

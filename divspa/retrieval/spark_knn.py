@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from divspa.config import RetrieveConfig
@@ -235,49 +236,43 @@ def _search(corpus: Corpus, k: int, batch: int, batches: Iterator[pa.RecordBatch
         yield _topk_rows(corpus, k, table, batch)
 
 
-def best_k(rows: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The first k of each query row by `search_topk`'s order (score descending, then id), out of
-    candidates gathered from several pieces of the corpus; sorted by row, then rank."""
-    order = np.lexsort((ids, -scores.astype(np.float64), rows))
-    rows, ids, scores = rows[order], ids[order], scores[order]
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else np.empty(0, np.int64)
-    keep = (np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))) < k
-    return rows[keep], ids[keep], scores[keep]
-
-
 def exact_topk_of_few(queries: pa.Table, corpus: DataFrame, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact top k of a few queries (query_id, vector, exclude; e.g. the recall check's sample) in
-    one pass over the corpus (id, vector): the queries are broadcast, each Arrow batch of the corpus
-    is searched exactly with `search_topk` and each partition returns its best k per query, of
-    which the driver keeps the best k. No index of the whole corpus is built or written, so the
-    cost is one read of the corpus. Returns (query row in `queries`, neighbour id, score), sorted by
-    query row, then rank, the order and ties of `knn` with a flat index."""
+    one pass over the corpus (id, vector): the queries are broadcast, each partition searches its
+    Arrow batches as flat shards through `search_topk` (which merges them exactly), and a window
+    keeps each query's best k of the partitions', so the driver receives queries x k rows. No index
+    of the whole corpus is built or written: the cost is one read of the corpus. Returns (query row
+    in `queries`, neighbour id, score), sorted by query row, then rank: the order and ties of `knn`
+    with a flat index."""
     vectors = normalise(list_vectors(queries))
     exclude = [np.asarray(e or [], np.int64) for e in queries.column("exclude").to_pylist()]
     shipped = corpus.sparkSession.sparkContext.broadcast((vectors, exclude))
 
+    def flat_shard(batch: pa.RecordBatch) -> Shard:
+        vec = normalise(list_vectors(batch))
+        index = faiss.IndexFlatIP(vec.shape[1])
+        index.add(vec)
+        return Shard(index, batch.column(0).to_numpy(), vec)
+
     def scan(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         faiss.omp_set_num_threads(1)  # one Spark task per core
         qv, excl = shipped.value
-        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for b in batches:
-            if not b.num_rows:
-                continue
-            ids = b.column(0).to_numpy()
-            vec = normalise(list_vectors(b))
-            index = faiss.IndexFlatIP(vec.shape[1])
-            index.add(vec)
-            found.append(search_topk([Shard(index, ids, vec)], qv, excl, k))
-        if found:
-            rows, ids, scores = best_k(*(np.concatenate(part) for part in zip(*found, strict=True)), k)
-            yield pa.RecordBatch.from_arrays([pa.array(rows, pa.int64()), pa.array(ids, pa.int64()),
-                                              pa.array(scores, pa.float32())], names=["row", "id", "score"])
+        shards = (flat_shard(b) for b in batches if b.num_rows)  # one batch's shard in memory at a time
+        first = next(shards, None)
+        if first is None:  # an empty partition
+            return
+        rows, ids, scores = search_topk(itertools.chain([first], shards), qv, excl, k)
+        yield pa.RecordBatch.from_arrays([pa.array(rows, pa.int64()), pa.array(ids, pa.int64()),
+                                          pa.array(scores, pa.float32())], names=["row", "id", "score"])
 
+    best = Window.partitionBy("row").orderBy(F.col("score").desc(), F.col("id"))  # search_topk's order
     try:
-        got = corpus.select("id", "vector").mapInArrow(scan, "row bigint, id bigint, score float").toArrow()
+        got = (corpus.select("id", "vector").mapInArrow(scan, "row bigint, id bigint, score float")
+               .withColumn("rank", F.row_number().over(best)).where(F.col("rank") <= k)
+               .orderBy("row", "rank").toArrow())
     finally:
         shipped.unpersist()
-    return best_k(got.column("row").to_numpy(), got.column("id").to_numpy(), got.column("score").to_numpy(), k)
+    return got.column("row").to_numpy(), got.column("id").to_numpy(), got.column("score").to_numpy()
 
 
 def knn(queries: DataFrame, corpus: Corpus, k: int, partitions: int = 0, batch: int = 4096) -> DataFrame:

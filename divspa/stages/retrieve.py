@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from divspa import storage
 from divspa.augment import excluded_clicks
 from divspa.config import RetrieveConfig
-from divspa.retrieval.index import TIE_TOLERANCE
+from divspa.retrieval.index import found_share
 from divspa.retrieval.spark_knn import exact_topk_of_few, knn, prepare_corpus
 from divspa.runtime import RunContext
 from divspa.schemas import load_schema
@@ -120,18 +120,16 @@ def ann_recall(queries: DataFrame, corpus: DataFrame, approx: DataFrame, k: int,
         return 1.0, 0
     rows, _, scores = exact_topk_of_few(sample, corpus, k)
     qids = sample.column("query_id").to_numpy()
-    # Per query, the k-th best exact score (its lowest kept) and how many neighbours it has.
-    kth: dict[int, float] = {}
-    size: dict[int, int] = {}
-    for r, sc in zip(qids[rows].tolist(), scores.tolist(), strict=True):
-        kth[r] = min(kth.get(r, sc), sc)
-        size[r] = size.get(r, 0) + 1
+    # each sampled query's exact scores (rows come sorted by query): queries with none are not counted
+    exact: dict[int, np.ndarray] = {}
+    if len(rows):
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        exact = dict(zip(qids[rows[starts]].tolist(), np.split(scores, starts[1:]), strict=True))
     wanted = approx.sparkSession.createDataFrame([(int(q),) for q in qids], "query_id bigint")
-    hits: dict[int, int] = {}
+    found: dict[int, list[float]] = {}
     for r in approx.join(F.broadcast(wanted), "query_id", "left_semi").select("query_id", "score").collect():
-        if r["score"] >= kth.get(r["query_id"], np.inf) - TIE_TOLERANCE:
-            hits[r["query_id"]] = hits.get(r["query_id"], 0) + 1
-    per_query = [min(hits.get(q, 0), n) / n for q, n in size.items()]
+        found.setdefault(r["query_id"], []).append(r["score"])
+    per_query = [found_share(np.asarray(found.get(q, []), np.float32), e) for q, e in exact.items()]
     return (float(np.mean(per_query)) if per_query else 1.0), len(per_query)
 
 
