@@ -84,6 +84,11 @@ VARIANTS: dict[str, dict] = {
     "no_aug_item_grad_beta_0.25": {"augmented_item_grad": 0.0, "beta": 0.25},
     "aug_item_grad_0.5": {"augmented_item_grad": 0.5},
     "aug_item_grad_0.25": {"augmented_item_grad": 0.25},
+    # Eq. 2's accuracy with what widened Eq. 3 (stop 35): no item-side gradient, a popularity
+    # discount, a long-tail quota.
+    "mixup_representation_no_aug_item_grad": {"mixup": "representation", "augmented_item_grad": 0.0},
+    "mixup_representation_debias_0.5": {"mixup": "representation", "debias": 0.5},
+    "mixup_representation_tail_quota_1": {"mixup": "representation", "tail_quota": 1},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
 AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",

@@ -126,5 +126,8 @@ def test_sparse_embedding_gradients_train(trained):
     after = trainer.model.item_tower.ids.weight.detach()
     moved = (after != before).any(dim=1)
     assert moved[1:].sum() > 0 and not moved[0]  # padding row never moves
+    tables = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Embedding)]
+    # handed back after fit: no optimiser hook on a lookup, dense gradients again
+    assert tables and not any(t._forward_pre_hooks or t.sparse for t in tables)
     _, _, again = fit()
     assert again.train_loss == pytest.approx(report.train_loss, rel=1e-6)

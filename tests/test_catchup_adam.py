@@ -98,3 +98,19 @@ def test_make_optimizer_keeps_tables_dense_where_sparse_gradients_cannot_go():
     assert names("train.sparse_embeddings=false") == ["Adam"]
     assert names("train.weight_decay=0.01") == ["Adam"]
     assert names("train.processes=2") == ["Adam"]
+
+
+def test_detach_applies_what_was_deferred_and_hands_the_tables_back():
+    """After detach the model holds dense Adam's values, its lookups no longer call the optimiser,
+    and a step is refused until attach takes the tables over again."""
+    adam, _ = train("adam", 40, eps=1e-8)
+    catch_up, opts = train("catch_up", 40, eps=1e-8)
+    opts[0].detach()
+    assert gap(adam, catch_up) < 1e-4
+    assert not catch_up.ids._forward_pre_hooks and not catch_up.ids.sparse
+    with pytest.raises(RuntimeError, match="attach"):
+        opts[0].step()
+    opts[0].attach()
+    assert catch_up.ids.sparse and len(catch_up.ids._forward_pre_hooks) == 1
+    opts[0].attach()  # idempotent: still one hook
+    assert len(catch_up.ids._forward_pre_hooks) == 1

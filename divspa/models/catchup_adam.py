@@ -34,14 +34,35 @@ class CatchUpAdam(torch.optim.Optimizer):
         b1, b2 = betas
         if not (0 <= b1 < 1 and 0 < b2 < 1 and b1 < math.sqrt(b2)):
             raise ValueError(f"CatchUpAdam needs 0 <= beta1 < sqrt(beta2) < 1, got {betas}")
-        for t in tables:
-            t.sparse = True
         super().__init__([t.weight for t in tables], {"lr": lr, "betas": betas, "eps": eps})
         self.steps = 0
         self._sum, self._eps_sum = np.zeros(1024), np.zeros(1024)  # per step a row was last brought up at
         ratio = b1 / math.sqrt(b2)
         self.window = max(1, math.ceil(math.log(1e-12) / math.log(ratio))) if ratio > 0 else 1
-        self._hooks = [t.register_forward_pre_hook(self._before_lookup) for t in tables]
+        self._tables, self._was_sparse = tables, [t.sparse for t in tables]
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self.attach()
+
+    def attach(self) -> None:
+        """Take the tables over for training: sparse gradients, and a hook that brings the rows a
+        lookup names up to date before the lookup reads them. Idempotent."""
+        if self._hooks:
+            return
+        for t in self._tables:
+            t.sparse = True
+        self._hooks = [t.register_forward_pre_hook(self._before_lookup) for t in self._tables]
+
+    def detach(self) -> None:
+        """Hand the tables back once training ends: every deferred step applied, the hooks
+        removed (a model that outlives its optimiser is not slowed, or moved, by it at every
+        lookup, and a later optimiser of the same tables finds none of this one's), `sparse` as
+        it was. `attach` takes them over again."""
+        self.flush()
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        for t, was in zip(self._tables, self._was_sparse, strict=True):
+            t.sparse = was
 
     def _state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         st = self.state[p]
@@ -117,6 +138,8 @@ class CatchUpAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 (torch's signature)
+        if not self._hooks:
+            raise RuntimeError("CatchUpAdam.step after detach(): attach() the tables first")
         loss = closure() if closure is not None else None
         group = self.param_groups[0]
         (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]

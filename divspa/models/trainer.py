@@ -106,6 +106,18 @@ class Optimizers:
             if isinstance(o, CatchUpAdam):
                 o.flush()
 
+    def attach(self) -> None:
+        """Before training: CatchUpAdam takes its tables over (hooks, sparse gradients)."""
+        for o in self.optimizers:
+            if isinstance(o, CatchUpAdam):
+                o.attach()
+
+    def detach(self) -> None:
+        """After training: the model is handed back as dense Adam would leave it, without hooks."""
+        for o in self.optimizers:
+            if isinstance(o, CatchUpAdam):
+                o.detach()
+
 
 def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> Optimizers:
     """Adam over every parameter; with `train.sparse_embeddings` (the default), the embedding
@@ -248,6 +260,13 @@ class Trainer:
     def fit(self, epochs: int | None = None) -> TrainReport:
         """Train with early stopping on validation HR, or for exactly `epochs` epochs (then the
         last weights are kept and validation is only reported)."""
+        self.optimizer.attach()
+        try:
+            return self._fit(epochs)
+        finally:
+            self.optimizer.detach()
+
+    def _fit(self, epochs: int | None) -> TrainReport:
         fixed = epochs is not None
         epochs = epochs if fixed else self.tcfg.epochs
         report = TrainReport()
