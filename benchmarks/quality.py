@@ -89,6 +89,10 @@ VARIANTS: dict[str, dict] = {
     "mixup_representation_no_aug_item_grad": {"mixup": "representation", "augmented_item_grad": 0.0},
     "mixup_representation_debias_0.5": {"mixup": "representation", "debias": 0.5},
     "mixup_representation_tail_quota_1": {"mixup": "representation", "tail_quota": 1},
+    # Not in the paper: the item-side gradient kept only for i2i, the strategy that proposes the
+    # long tail (divspa.augmented_item_grad_<strategy>).
+    "item_grad_i2i_only": {"item_grads": {"u2i": 0.0, "i2i": 1.0, "u2u2i": 0.0}},
+    "item_grad_i2i_only_beta_0.25": {"item_grads": {"u2i": 0.0, "i2i": 1.0, "u2u2i": 0.0}, "beta": 0.25},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
 AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",
@@ -182,9 +186,9 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
         ctx.cfg.augment.strategies = list(spec.get("strategies", default.augment.strategies))
         for key in ("beta", "mixup", "augmented_item_grad"):
             setattr(ctx.cfg.divspa, key, spec.get(key, getattr(default.divspa, key)))
-        for strategy in ALL:  # per-strategy beta (divspa.beta_<strategy>), None = the shared one
-            key = f"beta_{strategy}"
-            setattr(ctx.cfg.divspa, key, spec.get("betas", {}).get(strategy, getattr(default.divspa, key)))
+        for strategy in ALL:  # per-strategy beta and item-side gradient share, None = the shared one
+            for key, own in ((f"beta_{strategy}", "betas"), (f"augmented_item_grad_{strategy}", "item_grads")):
+                setattr(ctx.cfg.divspa, key, spec.get(own, {}).get(strategy, getattr(default.divspa, key)))
         version = f"bench-{name}"
         train_student(ctx, f"bench.{name}", BASE_VERSION, version)
         student = load_checkpoint(checkpoint_path(ctx, version))

@@ -2,10 +2,15 @@
 
     .venv/bin/python benchmarks/u2u_index.py divspa-output/bench-scale33/warehouse/user_embeddings u2000000
     .venv/bin/python benchmarks/u2u_index.py divspa-output/bench-scale33/warehouse/user_embeddings u2000000 --lists
+    .venv/bin/python benchmarks/u2u_index.py divspa-output/bench-scale33/warehouse/user_embeddings u2000000 --nprobe
 
 --lists: the retrieve stage's own `build_index` (nprobe tuned to min_recall + 0.01 as in a run) at
 list sizes 256, 128 and 64 (`retrieve.ivf_list_size`), against the rule before it (about 4·sqrt(n)
 lists, flat quantizer, flat k-means).
+
+--nprobe: the stage's default index, searched at each nprobe from 24 to 64 in steps of 8, and the
+nprobe its tuning picks from each ladder of steps (`index.nprobe_steps`) against the ladder of
+powers of two and 1.5 times them that came before it.
 
 Reads the base model's user vectors of one run (the rung's run id, e.g. u2000000) from the Delta
 table, takes 2,000 random users as queries and their exact top 20 (self excluded) as truth, and
@@ -32,8 +37,14 @@ from divspa.retrieval.index import build_index, normalise  # noqa: E402
 from divspa.retrieval.spark_knn import list_vectors  # noqa: E402
 
 
+def coarse_nprobe_steps(nlist: int) -> list[int]:
+    """The ladder before stop 35: powers of two and 1.5 times them."""
+    steps = sorted({s for i in range(max(1, nlist).bit_length() + 1) for s in (2**i, 3 * 2**i // 2) if s < nlist})
+    return [*steps, nlist]
+
+
 def main() -> None:
-    if len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], ["--lists"]):
+    if len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], ["--lists"], ["--nprobe"]):
         sys.exit(__doc__)
     faiss.omp_set_num_threads(2)
     tab = DeltaTable(sys.argv[1]).to_pyarrow_table(
@@ -77,6 +88,24 @@ def main() -> None:
             quantizer = type(faiss.downcast_index(ix.quantizer)).__name__
             print(f"{'4*sqrt(n) lists' if size == n else f'lists of {size}'}: nlist {ix.nlist} ({quantizer}), build and "
                   f"tune {build:.1f}s, nprobe {ix.nprobe}: {us:.0f} us/query, recall@20 {recall(rows):.4f}", flush=True)
+        return
+    if sys.argv[3:] == ["--nprobe"]:
+        cfg = RetrieveConfig(index="ivf")
+        t = time.perf_counter()
+        ix = build_index(vec, cfg, seed=1, k=20, self_search=True)
+        print(f"default index: nlist {ix.nlist}, build and tune {time.perf_counter() - t:.1f}s, tuned nprobe "
+              f"{ix.nprobe} (steps {index_module.nprobe_steps(ix.nlist)[:12]} ...)", flush=True)
+        target = cfg.min_recall + index_module.TUNED_MARGIN
+        finer = index_module.nprobe_steps
+        for name, steps in (("this ladder", finer), ("powers of two and 1.5x", coarse_nprobe_steps)):
+            index_module.nprobe_steps = steps
+            nprobe, got = index_module.tune_nprobe(ix, vec, 20, target, 1, self_search=True)
+            print(f"tuned on {name}: nprobe {nprobe} (tuning recall@20 {got:.4f}, target {target:.2f})", flush=True)
+        index_module.nprobe_steps = finer
+        for nprobe in range(24, 65, 8):
+            index_module._set_nprobe(ix, nprobe)
+            rows, us = timed_search(ix, 21)
+            print(f"nprobe {nprobe}: {us:.0f} us/query, recall@20 {recall(rows):.4f}", flush=True)
         return
     nlist = int(4 * np.sqrt(n))
     for kind in ("flat", "sq8", "pq4"):

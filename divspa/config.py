@@ -332,6 +332,12 @@ class DivspaConfig:
     # ML-100K (BENCHMARKS, "The augmented loss's pull on item vectors"): at 0 the long-tail share is
     # +41 % over base, but the accuracy gain is lost.
     augmented_item_grad: float = _opt(1.0, ge=0, le=1)
+    # Not in the paper: one strategy's own share in place of `augmented_item_grad` (None = that).
+    # The strategies hand different items around: u2i and u2u2i mostly head items, whose pull toward
+    # a wider audience narrows every top-K; i2i half long-tail items, which that pull widens.
+    augmented_item_grad_u2i: float | None = _opt(None, ge=0, le=1)
+    augmented_item_grad_i2i: float | None = _opt(None, ge=0, le=1)
+    augmented_item_grad_u2u2i: float | None = _opt(None, ge=0, le=1)
     rounds: int = _opt(1, ge=1)  # rounds of self-distillation: each student teaches the next
     # How long a student trains. "early_stopping": on its validation HR, like the base model (with
     # augment.exclude = train, candidates never hold a validation item and a student's validation HR
@@ -344,6 +350,12 @@ class DivspaConfig:
         """Each strategy's beta: its own where set, else the shared one."""
         own = {"u2i": self.beta_u2i, "i2i": self.beta_i2i, "u2u2i": self.beta_u2u2i}
         return {s: self.beta if b is None else b for s, b in own.items()}
+
+    def strategy_item_grads(self) -> dict[str, float]:
+        """Each strategy's share of the item-side gradient: its own where set, else the shared one."""
+        own = {"u2i": self.augmented_item_grad_u2i, "i2i": self.augmented_item_grad_i2i,
+               "u2u2i": self.augmented_item_grad_u2u2i}
+        return {s: self.augmented_item_grad if g is None else g for s, g in own.items()}
 
 
 @dataclass

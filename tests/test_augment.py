@@ -304,17 +304,18 @@ def test_student_without_strategies_is_the_base_model(augmented):
     assert not all(torch.equal(base[k], students["all"][k]) for k in base)  # augmentation does change it
 
 
-def test_a_student_trains_with_a_strategys_own_beta(augmented):
+def test_a_student_trains_with_a_strategys_own_beta_and_item_grad_share(augmented):
     # The per-strategy path streams the examples' strategies (the shared path does not read them);
     # its loss against hand computation is tests/test_mixup.py's.
     ctx = augmented
-    ctx.cfg.divspa.beta_i2i = 0.5
+    ctx.cfg.divspa.beta_i2i, ctx.cfg.divspa.augmented_item_grad_u2i = 0.5, 0.0
     try:
         out = train_student(ctx, "test.beta-i2i", BASE_VERSION, "test-beta-i2i")
     finally:
-        ctx.cfg.divspa.beta_i2i = None
+        ctx.cfg.divspa.beta_i2i = ctx.cfg.divspa.augmented_item_grad_u2i = None
     ckpt = load_checkpoint(checkpoint_path(ctx, "test-beta-i2i"))
     assert ckpt.meta["strategy_betas"] == {"u2i": 0.1, "i2i": 0.5, "u2u2i": 0.1}
+    assert ckpt.meta["augmented_item_grads"] == {"u2i": 0.0, "i2i": 1.0, "u2u2i": 1.0}
     assert out["best_epoch"] >= 1 and out["val_hr"] > 0
 
 

@@ -78,6 +78,22 @@ def test_augmented_item_grad_scales_only_the_augmented_items_gradient():
     assert torch.allclose(grads[0.5][2], 0.5 * grads[1.0][2])
 
 
+def test_each_augmented_positive_may_carry_its_strategys_item_grad_share():
+    # divspa.augmented_item_grad_<strategy>: [B, A] shares, e.g. i2i's 1 and u2i's 0: the same loss,
+    # the first augmented vector its full gradient, the second none; the user's is unchanged.
+    grads = {}
+    for name, share in (("one", 1.0), ("each", torch.tensor([[1.0, 0.0]]))):
+        t = tensors()
+        for key in ("user", "aug"):
+            t[key] = t[key].clone().requires_grad_(True)
+        loss = mixup_loss(**t, beta=BETA, aug_grad=share)
+        loss.backward()
+        grads[name] = (float(loss.detach()), t["user"].grad, t["aug"].grad)
+    assert grads["one"][0] == grads["each"][0] and torch.equal(grads["one"][1], grads["each"][1])
+    assert torch.equal(grads["each"][2][:, 0], grads["one"][2][:, 0]) and float(grads["one"][2][:, 1].abs().sum()) > 0
+    assert not grads["each"][2][:, 1].any()
+
+
 def test_each_augmented_positive_may_carry_its_strategys_beta():
     betas = [0.5, 0.2]  # e.g. the first from i2i, the second from u2i
     got = float(mixup_loss(**tensors(), beta=torch.tensor([betas])))
@@ -98,8 +114,9 @@ def test_strategy_names_become_their_betas_position_by_position():
     from divspa.config import DivspaConfig
     from divspa.models.encoding import string_value_lists
 
-    cfg = DivspaConfig(beta=0.1, beta_i2i=0.3)
+    cfg = DivspaConfig(beta=0.1, beta_i2i=0.3, augmented_item_grad=0.5, augmented_item_grad_u2i=0.0)
     assert cfg.strategy_betas() == {"u2i": 0.1, "i2i": 0.3, "u2u2i": 0.1}
+    assert cfg.strategy_item_grads() == {"u2i": 0.0, "i2i": 0.5, "u2u2i": 0.5}
     lists = pa.chunked_array([pa.array([["i2i", "u2i"], []], pa.list_(pa.string())),
                               pa.array([["u2u2i", "other", "i2i"]], pa.list_(pa.string()))])
     got = string_value_lists(lists, cfg.strategy_betas(), 3).tolist()

@@ -24,12 +24,16 @@ def mixup_loss(user: torch.Tensor, pos: torch.Tensor, aug: torch.Tensor, neg: to
                aug_idx: torch.Tensor, aug_w: torch.Tensor, neg_idx: torch.Tensor, omega: float,
                beta: float | torch.Tensor, mode: str = "output", neg_logq: torch.Tensor | None = None,
                pos_logq: torch.Tensor | None = None, aug_logq: torch.Tensor | None = None,
-               aug_grad: float = 1.0) -> torch.Tensor:
+               aug_grad: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Per-row loss. user [B,d]; pos [B,d]; aug [B,A,d] with indices aug_idx [B,A] (0 = none) and
     weights aug_w [B,A] (0 for padding); neg [N,d] with indices neg_idx [N]. beta: one weight, or
     [B,A] (each augmented positive its strategy's beta). aug_grad < 1: the same loss, with only that
-    share of the gradient reaching the augmented item vectors (divspa.augmented_item_grad)."""
-    if aug_grad == 0:
+    share of the gradient reaching the augmented item vectors (divspa.augmented_item_grad); one
+    share, or [B,A] (each augmented positive its strategy's)."""
+    if isinstance(aug_grad, torch.Tensor):
+        share = aug_grad.unsqueeze(-1)
+        aug = share * aug + (1 - share) * aug.detach()
+    elif aug_grad == 0:
         aug = aug.detach()
     elif aug_grad != 1:  # same values, gradient scaled by aug_grad
         aug = aug_grad * aug + (1 - aug_grad) * aug.detach()
@@ -55,13 +59,18 @@ class DivspaTrainer(Trainer):
     @property
     def columns(self) -> list[str]:  # type: ignore[override]
         """The strategies are streamed only when their betas differ: otherwise nothing reads them."""
-        own = ["aug_strategies"] if self.strategy_betas() else []
+        own = ["aug_strategies"] if self.strategy_betas() or self.strategy_item_grads() else []
         return [*Trainer.columns, "aug_items", "aug_weights", *own]
 
     def strategy_betas(self) -> dict[str, float] | None:
         """Each strategy's beta where one differs from divspa.beta, else None (one shared weight)."""
         betas = self.cfg.divspa.strategy_betas()
         return betas if any(b != self.cfg.divspa.beta for b in betas.values()) else None
+
+    def strategy_item_grads(self) -> dict[str, float] | None:
+        """Each strategy's item-side gradient share where one differs from the shared one, else None."""
+        grads = self.cfg.divspa.strategy_item_grads()
+        return grads if any(g != self.cfg.divspa.augmented_item_grad for g in grads.values()) else None
 
     def batch_loss(self, table: pa.Table) -> torch.Tensor:
         cfg = self.cfg.divspa
@@ -73,10 +82,13 @@ class DivspaTrainer(Trainer):
         aug_idx = vocab.item_lists(table.column("aug_items"), width, keep="first").to(dev)
         aug_w = vocab.float_lists(table.column("aug_weights"), width).to(dev)
         aug_w = torch.where(aug_idx > 0, aug_w, torch.zeros_like(aug_w))
-        betas = self.strategy_betas()
+        betas, grads = self.strategy_betas(), self.strategy_item_grads()
         beta: float | torch.Tensor = cfg.beta
         if betas:
             beta = string_value_lists(table.column("aug_strategies"), betas, width).to(dev)
+        aug_grad: float | torch.Tensor = cfg.augmented_item_grad
+        if grads:
+            aug_grad = string_value_lists(table.column("aug_strategies"), grads, width).to(dev)
         user = self.model.user_vectors(batch.users.to(dev))
         pos_idx = batch.items.to(dev)
         neg_idx, logq = self.negatives(pos_idx)
@@ -84,5 +96,5 @@ class DivspaTrainer(Trainer):
             else (None, None, None)
         pos, aug, neg = self.item_vectors(pos_idx, aug_idx, neg_idx)
         loss = mixup_loss(user, pos, aug, neg, pos_idx, aug_idx, aug_w, neg_idx, self.model.omega, beta,
-                          cfg.mixup, neg_logq, pos_logq, aug_logq, cfg.augmented_item_grad)
+                          cfg.mixup, neg_logq, pos_logq, aug_logq, aug_grad)
         return loss.mean()

@@ -63,6 +63,7 @@ def train_student(ctx: RunContext, label: str, teacher: str, version: str) -> di
     ctx.write(label, "divspa_examples", divspa_examples(ctx, teacher), partition={"teacher": teacher})
     bundle = build_bundle(ctx, version)
     bundle.meta.update({"teacher": teacher, "beta": cfg.divspa.beta, "strategy_betas": cfg.divspa.strategy_betas(), "mixup": cfg.divspa.mixup,
+                        "augmented_item_grads": cfg.divspa.strategy_item_grads(),
                         "strategies": list(cfg.augment.strategies), "sampler": cfg.augment.sampler})
     epochs = None
     if cfg.divspa.student_epochs == "teacher":
