@@ -167,7 +167,8 @@ def main() -> None:
             print(f"{n:>9,} users: recall@k against exact search " + ", ".join(
                 f"{r['model']} {r['value']:.4f}" for r in sorted(recalls, key=lambda r: r["model"])), flush=True)
         clicks = ctx.warehouse.row_count("clicks", where={"run_id": ctx.run_id})
-        aug = ctx.warehouse.row_count("augmented_positives", where={"run_id": ctx.run_id})
+        aug = ctx.warehouse.row_count("augmented_positives", where={"run_id": ctx.run_id}) \
+            if ctx.warehouse.exists("augmented_positives") else 0  # stages up to export make none
         print(f"{n:>9,} users: {items:,} items, {clicks:,} clicks, {aug:,} augmented positives", flush=True)
 
     cores = os.cpu_count() or 1
