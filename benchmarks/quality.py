@@ -93,6 +93,11 @@ VARIANTS: dict[str, dict] = {
     # long tail (divspa.augmented_item_grad_<strategy>).
     "item_grad_i2i_only": {"item_grads": {"u2i": 0.0, "i2i": 1.0, "u2u2i": 0.0}},
     "item_grad_i2i_only_beta_0.25": {"item_grads": {"u2i": 0.0, "i2i": 1.0, "u2u2i": 0.0}, "beta": 0.25},
+    # Not in the paper: the teacher's softmax over the sampled items distilled beside Eq. 3
+    # (divspa.distill), and in place of the augmented positives (beta 0).
+    "distill_1": {"distill": 1.0},
+    "distill_1_t2": {"distill": 1.0, "distill_temperature": 2.0},
+    "distill_only": {"distill": 1.0, "beta": 0.0},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
 AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",
@@ -184,7 +189,7 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
             augment(ctx, "bench.augment", BASE_VERSION)
             augmented_with = want
         ctx.cfg.augment.strategies = list(spec.get("strategies", default.augment.strategies))
-        for key in ("beta", "mixup", "augmented_item_grad"):
+        for key in ("beta", "mixup", "augmented_item_grad", "distill", "distill_temperature"):
             setattr(ctx.cfg.divspa, key, spec.get(key, getattr(default.divspa, key)))
         for strategy in ALL:  # per-strategy beta and item-side gradient share, None = the shared one
             for key, own in ((f"beta_{strategy}", "betas"), (f"augmented_item_grad_{strategy}", "item_grads")):

@@ -345,6 +345,13 @@ class DivspaConfig:
     # "teacher": exactly the teacher's best epoch count, keeping the last weights. Measured on ML-100K
     # (BENCHMARKS, "Still open"): no better in accuracy and significantly less diverse, so not the default.
     student_epochs: Literal["early_stopping", "teacher"] = "early_stopping"
+    # Not in the paper: weight of a distillation term beside the mix-up loss, the KL divergence
+    # from the teacher's softmax over each row's positive and the batch's sampled negatives to the
+    # student's (at `distill_temperature`, scaled by its square). The augmented positives hand the
+    # student the teacher's top picks only; this hands it the teacher's whole ranking of random
+    # items, the tail's places included. 0 = off (the paper).
+    distill: float = _opt(0.0, ge=0)
+    distill_temperature: float = _opt(1.0, gt=0)
 
     def strategy_betas(self) -> dict[str, float]:
         """Each strategy's beta: its own where set, else the shared one."""

@@ -319,6 +319,35 @@ def test_a_student_trains_with_a_strategys_own_beta_and_item_grad_share(augmente
     assert out["best_epoch"] >= 1 and out["val_hr"] > 0
 
 
+def test_a_student_distills_the_teachers_softmax(augmented):
+    # divspa.distill: the teacher's checkpoint is read beside the examples and the term changes
+    # the student (the term itself against hand computation: tests/test_mixup.py).
+    ctx = augmented
+    ctx.cfg.divspa.distill = 1.0
+    try:
+        out = train_student(ctx, "test.distill", BASE_VERSION, "test-distill")
+    finally:
+        ctx.cfg.divspa.distill = 0.0
+    ckpt = load_checkpoint(checkpoint_path(ctx, "test-distill"))
+    assert ckpt.meta["distill"] == 1.0 and out["best_epoch"] >= 1 and out["val_hr"] > 0
+    # One batch, the same negatives: the loss with the teacher is the mix-up loss plus a positive term.
+    ctx.cfg.divspa.distill = 1.0
+    try:
+        trainer = DivspaTrainer(ctx.cfg, build_bundle(ctx, "test-distill2"), ctx.warehouse.dataset("divspa_examples"),
+                                ctx.run_id, where={"teacher": BASE_VERSION}, teacher=checkpoint_path(ctx, BASE_VERSION))
+        assert trainer.teacher is not None
+        trainer.model.eval()
+        table = next(iter(trainer.batches(1)))
+        losses = []
+        for teacher in (trainer.teacher, None):
+            trainer.teacher = teacher
+            trainer.sampler.generator.manual_seed(0)
+            losses.append(float(trainer.batch_loss(table)))
+    finally:
+        ctx.cfg.divspa.distill = 0.0
+    assert losses[0] > losses[1] > 0
+
+
 def test_student_can_train_for_the_teachers_epochs(augmented):
     # divspa.student_epochs = teacher: no early stopping on the (augmentation-biased) validation
     # HR; exactly the teacher's best epoch count, last weights kept.

@@ -122,3 +122,20 @@ def test_strategy_names_become_their_betas_position_by_position():
     got = string_value_lists(lists, cfg.strategy_betas(), 3).tolist()
     assert got == [[0.30000001192092896, 0.10000000149011612, 0.0], [0.0, 0.0, 0.0],
                    [0.10000000149011612, 0.0, 0.30000001192092896]]
+
+
+def test_distillation_is_zero_for_the_teachers_own_scores_and_pulls_only_the_student():
+    from divspa.models.divspa import distill_loss
+
+    teacher = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    assert torch.allclose(distill_loss(teacher.clone(), teacher, 2.0), torch.zeros(2), atol=1e-6)
+    student = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.5]], requires_grad=True)
+    t = teacher.clone().requires_grad_(True)
+    loss = distill_loss(student, t, 1.0)
+    p_t, p_s = torch.softmax(teacher, 1), torch.softmax(student.detach(), 1)
+    assert torch.allclose(loss, (p_t * (p_t.log() - p_s.log())).sum(1), atol=1e-6) and bool((loss > 0).all())
+    loss.sum().backward()
+    assert t.grad is None and torch.allclose(student.grad, p_s - p_t, atol=1e-6)  # d KL / d logits
+    # a logQ correction shifts both sides: same items, same shift, still zero for equal scores
+    logq = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).expand(2, -1)
+    assert torch.allclose(distill_loss(teacher.clone(), teacher, 1.0, logq), torch.zeros(2), atol=1e-6)

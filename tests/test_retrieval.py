@@ -304,6 +304,16 @@ def test_ivf_lists_stop_growing_past_the_list_size():
     assert ivf_nlist(1000, cfg) == 1000 // 39  # k-means needs 39 points a list
 
 
+def test_nprobe_tuning_steps_are_at_most_a_quarter_apart():
+    """A tuned nprobe overshoots the least that reaches the target by at most 25 % (above 4), and
+    the last step probes every list."""
+    steps = index_module.nprobe_steps(14_704)
+    assert steps[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16] and steps[-1] == 14_704
+    assert all(b / a <= 1.25 for a, b in zip(steps[3:-2], steps[4:-1], strict=True))
+    assert steps == sorted(set(steps)) and 40 in steps and 56 in steps
+    assert index_module.nprobe_steps(1) == [1] and index_module.nprobe_steps(6) == [1, 2, 3, 4, 5, 6]
+
+
 def test_an_ivf_of_many_lists_has_an_hnsw_quantizer_and_reaches_min_recall(monkeypatch, tmp_path):
     """Many lists: two-level k-means and an HNSW graph over the centroids (threshold lowered here
     so that small data takes the path). Same bytes for the same seed, tuned to min_recall on

@@ -46,6 +46,7 @@ class TrainJob:
     epochs: int | None  # None: early stopping on validation HR (Trainer.fit)
     checkpoint: str  # where the trained model is written
     bundle: bytes = b""  # the initialised model as checkpoint bytes (filled by `train`)
+    teacher: str | None = None  # a student's teacher checkpoint (read when divspa.distill > 0)
     store: storage.StorageSettings | None = None
 
 
@@ -55,6 +56,11 @@ def trainer_for(kind: TrainerKind) -> type[Trainer]:
 
         return DivspaTrainer
     return Trainer
+
+
+def _teacher(job: TrainJob) -> dict[str, str]:
+    """The student trainer's teacher argument (the base trainer takes none)."""
+    return {"teacher": job.teacher} if job.kind == "divspa" and job.teacher else {}
 
 
 def _finish(bundle: ModelBundle, trainer: Trainer, report: TrainReport, path: str) -> None:
@@ -69,7 +75,8 @@ def train(job: TrainJob, bundle: ModelBundle) -> TrainReport:
     the trained model afterwards (read back from the checkpoint when ranks trained it)."""
     tcfg = job.cfg.train
     if tcfg.processes == 1:
-        trainer = trainer_for(job.kind)(job.cfg, bundle, job.snapshot.dataset(), job.run_id, where=job.where)
+        trainer = trainer_for(job.kind)(job.cfg, bundle, job.snapshot.dataset(), job.run_id, where=job.where,
+                                        **_teacher(job))
         report = trainer.fit(job.epochs)
         _finish(bundle, trainer, report, job.checkpoint)
         return report
@@ -114,7 +121,7 @@ def rank_main(job: TrainJob) -> dict[str, Any]:
         torch.manual_seed(job.cfg.run.seed + rank)  # dropout and any other torch draw: per rank, reproducible
         bundle = load_checkpoint(job.bundle)
         trainer = trainer_for(job.kind)(job.cfg, bundle, job.snapshot.dataset(), job.run_id, where=job.where,
-                                        shard=(rank, world))
+                                        shard=(rank, world), **_teacher(job))
         report = trainer.fit(job.epochs)
         if rank == 0:
             _finish(bundle, trainer, report, job.checkpoint)

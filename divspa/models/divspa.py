@@ -10,13 +10,18 @@ both reduce to Eq. 1.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from divspa.models.checkpoint import load_checkpoint
 from divspa.models.data import encode_examples
 from divspa.models.encoding import string_value_lists
 from divspa.models.loss import sampled_softmax_loss
+from divspa.models.towers import TwoTower
 from divspa.models.trainer import Trainer
 
 
@@ -53,8 +58,37 @@ def mixup_loss(user: torch.Tensor, pos: torch.Tensor, aug: torch.Tensor, neg: to
     return losses[:, 0] + beta * aug_loss.sum(1)
 
 
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                 logq: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row KL(teacher || student) of the softmaxes over the same items (a row's positive and
+    the batch's negatives), logits [B, 1 + N] at `temperature`, times its square so the gradient's
+    scale does not change with it. logq [B, 1 + N]: the sampling correction subtracted from both,
+    so the softmax estimates the one over the catalogue. No gradient reaches the teacher."""
+    if logq is not None:
+        student, teacher = student - logq, teacher - logq
+    log_s = torch.log_softmax(student / temperature, dim=1)
+    log_t = torch.log_softmax(teacher.detach() / temperature, dim=1)
+    return temperature ** 2 * (log_t.exp() * (log_t - log_s)).sum(1)
+
+
 class DivspaTrainer(Trainer):
-    """The base trainer with Eq. 3 (or Eq. 2) as the batch objective; validation is unchanged."""
+    """The base trainer with Eq. 3 (or Eq. 2) as the batch objective; validation is unchanged.
+    teacher: the teacher's checkpoint, read when `divspa.distill` > 0."""
+
+    def __init__(self, *args: Any, teacher: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher: TwoTower | None = None
+        if self.cfg.divspa.distill > 0:
+            if not teacher:
+                raise ValueError("divspa.distill > 0 needs the teacher's checkpoint")
+            bundle = load_checkpoint(teacher)
+            mine = self.bundle.vocab
+            if not (np.array_equal(bundle.vocab.item_ids, mine.item_ids) and bundle.vocab.user_tokens == mine.user_tokens):
+                raise ValueError(f"teacher {teacher} was trained on another vocabulary ({bundle.vocab.num_items} "
+                                 f"items, the student {mine.num_items}): distillation needs the same one")
+            self.teacher = bundle.model.to(self.device).eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
 
     @property
     def columns(self) -> list[str]:  # type: ignore[override]
@@ -76,7 +110,7 @@ class DivspaTrainer(Trainer):
         cfg = self.cfg.divspa
         vocab, dev = self.bundle.vocab, self.device
         width = int(pc.max(pc.list_value_length(table.column("aug_items"))).as_py() or 0)
-        if width == 0:  # no augmented positive in the batch: exactly Eq. 1, as the base trainer computes it
+        if width == 0 and self.teacher is None:  # no augmented positive: exactly Eq. 1, as the base trainer computes it
             return super().batch_loss(table)
         batch = encode_examples(table, vocab, self.bundle.mcfg)
         aug_idx = vocab.item_lists(table.column("aug_items"), width, keep="first").to(dev)
@@ -97,4 +131,26 @@ class DivspaTrainer(Trainer):
         pos, aug, neg = self.item_vectors(pos_idx, aug_idx, neg_idx)
         loss = mixup_loss(user, pos, aug, neg, pos_idx, aug_idx, aug_w, neg_idx, self.model.omega, beta,
                           cfg.mixup, neg_logq, pos_logq, aug_logq, aug_grad)
+        if self.teacher is not None:
+            loss = loss + cfg.distill * self._distill(batch, user, pos, neg, pos_idx, neg_idx, neg_logq, pos_logq)
         return loss.mean()
+
+    def _distill(self, batch: Any, user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, pos_idx: torch.Tensor,
+                 neg_idx: torch.Tensor, neg_logq: torch.Tensor | None, pos_logq: torch.Tensor | None) -> torch.Tensor:
+        """`distill_loss` over each row's positive and the batch's negatives, as both models score them."""
+        assert self.teacher is not None
+        with torch.no_grad():
+            t_user = self.teacher.user_vectors(batch.users.to(self.device))
+            flat = torch.cat([pos_idx, neg_idx])
+            unique, inverse = torch.unique(flat, return_inverse=True)
+            t_items = self.teacher.item_vectors(unique)[inverse]
+            t_pos, t_neg = t_items[:len(pos_idx)], t_items[len(pos_idx):]
+
+        def logits(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, omega: float) -> torch.Tensor:
+            return omega * torch.cat([(u * p).sum(1, keepdim=True), u @ n.T], dim=1)
+
+        logq = None
+        if neg_logq is not None and pos_logq is not None:
+            logq = torch.cat([pos_logq.unsqueeze(1), neg_logq.expand(len(pos_idx), -1)], dim=1)
+        return distill_loss(logits(user, pos, neg, self.model.omega), logits(t_user, t_pos, t_neg, self.teacher.omega),
+                            self.cfg.divspa.distill_temperature, logq)

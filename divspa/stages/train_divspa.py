@@ -63,14 +63,14 @@ def train_student(ctx: RunContext, label: str, teacher: str, version: str) -> di
     ctx.write(label, "divspa_examples", divspa_examples(ctx, teacher), partition={"teacher": teacher})
     bundle = build_bundle(ctx, version)
     bundle.meta.update({"teacher": teacher, "beta": cfg.divspa.beta, "strategy_betas": cfg.divspa.strategy_betas(), "mixup": cfg.divspa.mixup,
-                        "augmented_item_grads": cfg.divspa.strategy_item_grads(),
+                        "augmented_item_grads": cfg.divspa.strategy_item_grads(), "distill": cfg.divspa.distill,
                         "strategies": list(cfg.augment.strategies), "sampler": cfg.augment.sampler})
     epochs = None
     if cfg.divspa.student_epochs == "teacher":
         epochs = int(load_checkpoint(checkpoint_path(ctx, teacher)).meta["best_epoch"])
         log.info("%s: training %d epochs, the teacher's (%s) best", version, epochs, teacher)
     job = TrainJob(cfg, "divspa", ctx.warehouse.snapshot("divspa_examples"), ctx.run_id, where={"teacher": teacher},
-                   epochs=epochs, checkpoint=checkpoint_path(ctx, version))
+                   epochs=epochs, checkpoint=checkpoint_path(ctx, version), teacher=checkpoint_path(ctx, teacher))
     report = train(job, bundle)
     ctx.write_metrics(label, train_report_rows(version, report, cfg.train.val_k))
     return {"version": version, "teacher": teacher, "best_epoch": report.best_epoch,
