@@ -22,7 +22,7 @@ from divspa.models.data import encode_examples
 from divspa.models.encoding import string_value_lists
 from divspa.models.loss import sampled_softmax_loss
 from divspa.models.towers import TwoTower
-from divspa.models.trainer import Trainer
+from divspa.models.trainer import Trainer, distinct_item_vectors
 
 
 def mixup_loss(user: torch.Tensor, pos: torch.Tensor, aug: torch.Tensor, neg: torch.Tensor, pos_idx: torch.Tensor,
@@ -141,10 +141,7 @@ class DivspaTrainer(Trainer):
         assert self.teacher is not None
         with torch.no_grad():
             t_user = self.teacher.user_vectors(batch.users.to(self.device))
-            flat = torch.cat([pos_idx, neg_idx])
-            unique, inverse = torch.unique(flat, return_inverse=True)
-            t_items = self.teacher.item_vectors(unique)[inverse]
-            t_pos, t_neg = t_items[:len(pos_idx)], t_items[len(pos_idx):]
+            t_pos, t_neg = distinct_item_vectors(self.teacher, pos_idx, neg_idx)
 
         def logits(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, omega: float) -> torch.Tensor:
             return omega * torch.cat([(u * p).sum(1, keepdim=True), u @ n.T], dim=1)

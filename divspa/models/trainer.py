@@ -86,6 +86,22 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def distinct_item_vectors(model: torch.nn.Module, *indices: torch.Tensor) -> list[torch.Tensor]:
+    """Item vectors for several index tensors, running the model's item tower once per distinct item.
+
+    A batch names the same popular items many times (positives, negatives, augmented
+    positives); the tower's cost then follows the distinct items, not the slots.
+    """
+    flat = torch.cat([i.reshape(-1) for i in indices])
+    unique, inverse = torch.unique(flat, return_inverse=True)
+    vectors = model.item_vectors(unique)[inverse]
+    out, start = [], 0
+    for i in indices:
+        out.append(vectors[start:start + i.numel()].reshape(*i.shape, -1))
+        start += i.numel()
+    return out
+
+
 class Optimizers:
     """Several optimisers stepped as one (dense Adam beside CatchUpAdam for the embeddings)."""
 
@@ -201,19 +217,8 @@ class Trainer:
         return neg_idx, table.to(self.device)
 
     def item_vectors(self, *indices: torch.Tensor) -> list[torch.Tensor]:
-        """Item vectors for several index tensors, running the item tower once per distinct item.
-
-        A batch names the same popular items many times (positives, negatives, augmented
-        positives); the tower's cost then follows the distinct items, not the slots.
-        """
-        flat = torch.cat([i.reshape(-1) for i in indices])
-        unique, inverse = torch.unique(flat, return_inverse=True)
-        vectors = self.model.item_vectors(unique)[inverse]
-        out, start = [], 0
-        for i in indices:
-            out.append(vectors[start:start + i.numel()].reshape(*i.shape, -1))
-            start += i.numel()
-        return out
+        """The trained model's vectors for several index tensors (`distinct_item_vectors`)."""
+        return distinct_item_vectors(self.model, *indices)
 
     # --- the loop ------------------------------------------------------------------------------
 
