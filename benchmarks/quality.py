@@ -98,10 +98,16 @@ VARIANTS: dict[str, dict] = {
     "distill_1": {"distill": 1.0},
     "distill_1_t2": {"distill": 1.0, "distill_temperature": 2.0},
     "distill_only": {"distill": 1.0, "beta": 0.0},
+    # The paper's own knobs: k candidates kept per strategy (default 20, at most retrieve.k) and m
+    # drawn from them (paper: 3).
+    "k_5": {"k": 5},
+    "k_50": {"k": 50},
+    "m_1": {"m": 1},
+    "m_10": {"m": 10},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
 AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",
-                "rank_by": "rank_by", "calibrate": "calibrate", "tail_quota": "tail_quota"}
+                "rank_by": "rank_by", "calibrate": "calibrate", "tail_quota": "tail_quota", "k": "k", "m": "m"}
 WORKER_ENV = "DIVSPA_QUALITY_WORKER"
 ACC = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (50, 100, 200)]
 DIV = ["distinct@100", "distinct@500", "distinct@1000", "coverage@100", "gini@100", "long_tail@100"]
