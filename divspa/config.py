@@ -239,8 +239,8 @@ class RetrieveConfig:
     # and a query's scan with them. Over 4,096 lists the coarse quantizer is an HNSW graph and
     # k-means two-level (divspa.retrieval.index.LARGE_IVF_LISTS).
     ivf_list_size: int = _opt(128, ge=1)
-    # Lists an IVF query visits. 0: tuned per index, the smallest step (1, 2, 3, 4, 6, 8, 12, ...)
-    # whose recall@k on 500 of the list's own queries (u2i: hash-sampled users; i2i, u2u: the
+    # Lists an IVF query visits. 0: tuned per index, the smallest step (1, 2, ..., 8, 10, 12, 14, 16,
+    # 20, ...: divspa.retrieval.index.nprobe_steps) whose recall@k on 500 of the list's own queries (u2i: hash-sampled users; i2i, u2u: the
     # corpus itself, minus each query) reaches min_recall + 0.01 (a fixed 16 gave i2i recall@50
     # 0.79 on 18,000 items: how many lists are needed depends on the vectors).
     ivf_nprobe: int = _opt(0, ge=0)

@@ -20,7 +20,7 @@ import torch
 from divspa.models.checkpoint import load_checkpoint
 from divspa.models.data import encode_examples
 from divspa.models.encoding import string_value_lists
-from divspa.models.loss import sampled_softmax_loss
+from divspa.models.loss import logits, sampled_softmax_loss
 from divspa.models.towers import TwoTower
 from divspa.models.trainer import Trainer, distinct_item_vectors
 
@@ -143,11 +143,12 @@ class DivspaTrainer(Trainer):
             t_user = self.teacher.user_vectors(batch.users.to(self.device))
             t_pos, t_neg = distinct_item_vectors(self.teacher, pos_idx, neg_idx)
 
-        def logits(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, omega: float) -> torch.Tensor:
-            return omega * torch.cat([(u * p).sum(1, keepdim=True), u @ n.T], dim=1)
+        def row_logits(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor, omega: float) -> torch.Tensor:
+            return torch.cat(logits(u, p.unsqueeze(1), n, omega), dim=1)  # [B, 1 + N]
 
         logq = None
         if neg_logq is not None and pos_logq is not None:
             logq = torch.cat([pos_logq.unsqueeze(1), neg_logq.expand(len(pos_idx), -1)], dim=1)
-        return distill_loss(logits(user, pos, neg, self.model.omega), logits(t_user, t_pos, t_neg, self.teacher.omega),
+        return distill_loss(row_logits(user, pos, neg, self.model.omega),
+                            row_logits(t_user, t_pos, t_neg, self.teacher.omega),
                             self.cfg.divspa.distill_temperature, logq)

@@ -26,14 +26,18 @@ def sampled_softmax_loss(
     if single:
         pos, pos_idx = pos.unsqueeze(1), pos_idx.unsqueeze(1)
         pos_logq = pos_logq.unsqueeze(1) if pos_logq is not None else None
-    pos_logit = omega * (user.unsqueeze(1) * pos).sum(-1)  # [B, P]
-    neg_logit = omega * user @ neg.T  # [B, N]
+    pos_logit, neg_logit = logits(user, pos, neg, omega)
     if neg_logq is not None:
         neg_logit = neg_logit - neg_logq
         if pos_logq is not None:
             pos_logit = pos_logit - pos_logq
     loss = _shared_negatives_loss(pos_logit, neg_logit, pos_idx, neg_idx)
     return loss.squeeze(1) if single else loss
+
+
+def logits(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, omega: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """omega * u.v of each row's positives [B, P, d] and of the shared negatives [N, d]: [B, P], [B, N]."""
+    return omega * (user.unsqueeze(1) * pos).sum(-1), omega * user @ neg.T
 
 
 def _shared_negatives_loss(pos_logit: torch.Tensor, neg_logit: torch.Tensor, pos_idx: torch.Tensor,
