@@ -195,6 +195,11 @@ def _print_comparison(ctx: RunContext) -> None:
         cells = [f"{100 * (v - b) / b:>+13.1f}%" if v is not None and b else f"{'-':>14}"
                  for v, b in zip(values(m), base, strict=True)]
         print(f"{m + ' vs base':<{width}}" + "".join(cells))
+    k = ctx.cfg.publish.k
+    share, gini = get.get(("base", "distinct_share", k)), get.get(("base", "gini", k))
+    if share is not None:
+        print(f"\nbase concentration: its top-{k} lists fill {share:.2%} of their slots with distinct items"
+              + (f", Gini {gini:.3f}" if gini is not None else ""))
     report = storage.join(ctx.cfg.run_dir, "report.html")
     if storage.settings().is_file(report):
         print(f"\nreport: {report}")

@@ -72,6 +72,14 @@ class PublishConfig:
     min_base_vs_popularity: float | None = _opt(1.0, ge=0)
     # final DivSPA student >= (1 - this) x base
     max_divspa_drop: float | None = _opt(0.05, ge=0, le=1)
+    # final student's NDCG@k >= (1 - this) x base's, whatever `metric` is: a student can keep its
+    # hits and push them down the list (Ciao, 2026-12-07: HR@50 -2.8 %, NDCG@50 -9.2 %).
+    max_ndcg_drop: float | None = _opt(0.05, ge=0, le=1)
+    # final student's distinct items in the test users' top-k lists, and their long-tail share,
+    # each >= (1 - this) x base's. Where DivSPA's accuracy claim held (ML-100K dense and sparse,
+    # the demo log) the student lost 0-13 % of distinct@100 and 0-12 % of long-tail share; where
+    # it did harm it lost 53 % and 76 % (docs/RESULTS.md). 0.2 passes the first, stops the second.
+    max_diversity_drop: float | None = _opt(0.2, ge=0, le=1)
     # augmented rows within [low, high] x the previous published run's (a broken join or a
     # half-read log changes it by far more than a day's growth)
     augmented_rows_range: list[float] | None = _opt([0.5, 2.0])

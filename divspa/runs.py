@@ -38,31 +38,38 @@ class Gate:
     detail: str  # one line, said when the gate fails
 
 
-def check_gates(cfg: PublishConfig, figures: dict[str, float | None], augmented_rows: int | None,
+# Per metric at publish.k (hr, ndcg, distinct_items, long_tail_share, distinct_share), per model
+# role (popularity, base, divspa): the evaluate stage's figures the gates read.
+Figures = dict[str, dict[str, float | None]]
+GATED_METRICS = ("hr", "ndcg", "distinct_items", "long_tail_share", "distinct_share")
+
+
+def check_gates(cfg: PublishConfig, figures: Figures, augmented_rows: int | None,
                 previous: dict[str, Any] | None) -> list[Gate]:
-    """The configured gates on this run's figures (popularity, base, divspa: `cfg.metric`@`cfg.k`).
+    """The configured gates on this run's figures.
 
     A gate whose inputs are missing fails (a run without an evaluated student must not be
     published by accident); the augmented-rows gate passes when there is no previous published
     run to compare with (the first run)."""
-    metric = f"{cfg.metric}@{cfg.k}"
-    pop, base, student = figures.get("popularity"), figures.get("base"), figures.get("divspa")
+    k = cfg.k
+    get = lambda metric, role: figures.get(metric, {}).get(role)  # noqa: E731
+    pop, base = get(cfg.metric, "popularity"), get(cfg.metric, "base")
     gates = []
     if cfg.min_base_vs_popularity is not None:
         ratio = base / pop if base is not None and pop else None
         threshold = f">= {cfg.min_base_vs_popularity:g} x popularity"
         ok = ratio is not None and ratio >= cfg.min_base_vs_popularity
-        detail = (f"base {metric} {_f(base)} is {_f(ratio)}x popularity's {_f(pop)} (gate: "
-                  f"{threshold})") if ratio is not None else f"base or popularity {metric} missing"
+        detail = (f"base {cfg.metric}@{k} {_f(base)} is {_f(ratio)}x popularity's {_f(pop)} (gate: "
+                  f"{threshold})") if ratio is not None else f"base or popularity {cfg.metric}@{k} missing"
         gates.append(Gate("base_vs_popularity", ok, ratio, threshold, detail))
-    if cfg.max_divspa_drop is not None:
-        ratio = student / base if student is not None and base else None
-        floor = 1 - cfg.max_divspa_drop
-        threshold = f">= {floor:g} x base"
-        ok = ratio is not None and ratio >= floor
-        detail = (f"DivSPA {metric} {_f(student)} is {_f(ratio)}x base's {_f(base)} (gate: {threshold})"
-                  if ratio is not None else f"DivSPA or base {metric} missing (did train_divspa and evaluate run?)")
-        gates.append(Gate("divspa_vs_base", ok, ratio, threshold, detail))
+    student_gates = [("divspa_vs_base", cfg.metric, cfg.max_divspa_drop),
+                     ("ndcg_vs_base", "ndcg", cfg.max_ndcg_drop if cfg.metric != "ndcg" else None),
+                     ("distinct_vs_base", "distinct_items", cfg.max_diversity_drop),
+                     ("long_tail_vs_base", "long_tail_share", cfg.max_diversity_drop)]
+    for name, metric, drop in student_gates:
+        if drop is not None:
+            gates.append(_versus_base(name, metric, k, drop, get(metric, "divspa"), get(metric, "base"),
+                                      get("distinct_share", "base")))
     if cfg.augmented_rows_range is not None:
         low, high = cfg.augmented_rows_range
         before = previous.get("augmented_rows") if previous else None
@@ -76,6 +83,28 @@ def check_gates(cfg: PublishConfig, figures: dict[str, float | None], augmented_
                       f"{before:,} (gate: {threshold})")
             gates.append(Gate("augmented_rows", low <= ratio <= high, ratio, threshold, detail))
     return gates
+
+
+_WHAT = {"hr": "HR@{k}", "ndcg": "NDCG@{k}", "distinct_items": "distinct items in the top-{k} lists",
+         "long_tail_share": "long-tail share of the top-{k} lists"}
+
+
+def _versus_base(name: str, metric: str, k: int, drop: float, student: float | None, base: float | None,
+                 base_share: float | None) -> Gate:
+    """The final student's `metric` against (1 - drop) x the base's. A base at 0 (no long-tail item
+    in its lists) cannot be undercut, so any student passes it."""
+    floor = 1 - drop
+    threshold = f">= {floor:g} x base"
+    what = _WHAT[metric].format(k=k)
+    if student is None or base is None:
+        return Gate(name, False, None, threshold, f"DivSPA or base {what} missing (did train_divspa and evaluate run?)")
+    ratio = student / base if base else None
+    ok = ratio is None or ratio >= floor
+    detail = f"DivSPA {what} {_f(student)} is {_f(ratio)}x base's {_f(base)} (gate: {threshold})"
+    if metric in ("distinct_items", "long_tail_share") and base_share is not None:
+        # How concentrated the base was says whether augmentation could have widened it (issue 38).
+        detail += f"; the base's top-{k} lists fill {base_share:.2%} of their slots with distinct items"
+    return Gate(name, ok, ratio, threshold, detail)
 
 
 def outcome(gates: list[Gate]) -> tuple[str, str | None]:

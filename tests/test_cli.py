@@ -15,7 +15,8 @@ TINY = ["synthetic.num_users=300", "synthetic.num_items=120", "synthetic.mean_cl
         "synthetic.partitions=2", "spark.master=local[2]", "spark.shuffle_partitions=4", "train.epochs=2",
         "train.num_negatives=30", "model.history_len=5", "retrieve.k=20", "retrieve.k_users=5", "augment.k=10",
         "eval.ks=[10,20]", "eval.diversity_ks=[20,50]", "publish.k=20",
-        "publish.max_divspa_drop=0.5"]  # two epochs on 300 users: the student may trail by ~10 %
+        # two epochs on 300 users: the student may trail by ~10 %, and its lists narrow or widen as much
+        "publish.max_divspa_drop=0.5", "publish.max_ndcg_drop=0.5", "publish.max_diversity_drop=0.5"]
 ALL_TABLES = {"clicks", "clicks_quarantine", "user_features", "item_features", "split_clicks", "train_examples",
               "user_histories", "metrics", "user_embeddings", "item_embeddings", "neighbours", "augmented_positives",
               "divspa_examples", "runs"}

@@ -26,26 +26,57 @@ from tests.conftest import REPO
 # --- gates, pure ---------------------------------------------------------------------------------
 
 
+def _figures(pop: float, base: float, student: float, distinct: tuple[float, float] = (400, 380),
+             tail: tuple[float, float] = (0.30, 0.28), ndcg: tuple[float, float] = (0.10, 0.10)) -> runs.Figures:
+    return {"hr": {"popularity": pop, "base": base, "divspa": student},
+            "ndcg": {"popularity": 0.05, "base": ndcg[0], "divspa": ndcg[1]},
+            "distinct_items": {"popularity": 50, "base": distinct[0], "divspa": distinct[1]},
+            "long_tail_share": {"popularity": 0.0, "base": tail[0], "divspa": tail[1]},
+            "distinct_share": {"popularity": 0.001, "base": 0.008, "divspa": 0.0076}}
+
+
 def test_gates_pass_fail_and_missing_figures():
     cfg = PublishConfig()
-    good = {"popularity": 0.20, "base": 0.30, "divspa": 0.29}
+    good = _figures(0.20, 0.30, 0.29)
     gates = runs.check_gates(cfg, good, 1000, {"run_id": "d1", "augmented_rows": 900})
-    assert [g.name for g in gates] == ["base_vs_popularity", "divspa_vs_base", "augmented_rows"]
+    assert [g.name for g in gates] == ["base_vs_popularity", "divspa_vs_base", "ndcg_vs_base", "distinct_vs_base",
+                                       "long_tail_vs_base", "augmented_rows"]
     assert runs.outcome(gates) == (runs.PUBLISHED, None)
 
-    worse_than_popularity = runs.check_gates(cfg, {**good, "base": 0.19}, 1000, None)
+    worse_than_popularity = runs.check_gates(cfg, _figures(0.20, 0.19, 0.29), 1000, None)
     outcome, reason = runs.outcome(worse_than_popularity)
     assert outcome == runs.GATED and "base hr@50 0.1900 is 0.9500x popularity" in reason
 
-    assert runs.outcome(runs.check_gates(cfg, {**good, "divspa": 0.28}, 1000, None))[0] == runs.GATED  # 0.933x
-    assert runs.outcome(runs.check_gates(cfg, {**good, "divspa": 0.286}, 1000, None))[0] == runs.PUBLISHED
+    assert runs.outcome(runs.check_gates(cfg, _figures(0.20, 0.30, 0.28), 1000, None))[0] == runs.GATED  # 0.933x
+    assert runs.outcome(runs.check_gates(cfg, _figures(0.20, 0.30, 0.286), 1000, None))[0] == runs.PUBLISHED
     halved = runs.outcome(runs.check_gates(cfg, good, 400, {"run_id": "d1", "augmented_rows": 1000}))
     assert halved[0] == runs.GATED and "0.40x run d1's 1,000" in halved[1]
     # No student evaluated: not published by accident.
-    assert "missing" in runs.outcome(runs.check_gates(cfg, {**good, "divspa": None}, 1000, None))[1]
+    assert "missing" in runs.outcome(runs.check_gates(cfg, _figures(0.20, 0.30, None), 1000, None))[1]
     # Every gate off: published whatever the figures.
-    off = PublishConfig(min_base_vs_popularity=None, max_divspa_drop=None, augmented_rows_range=None)
+    off = PublishConfig(min_base_vs_popularity=None, max_divspa_drop=None, max_ndcg_drop=None,
+                        max_diversity_drop=None, augmented_rows_range=None)
     assert runs.check_gates(off, {}, None, None) == []
+
+
+def test_a_student_that_narrows_or_sinks_its_hits_is_gated():
+    """Ciao's run of 2026-12-07: HR@50 -2.8 %, NDCG@50 -9.2 %, distinct@100 10,595 -> 2,489."""
+    cfg = PublishConfig()
+    narrower = runs.check_gates(cfg, _figures(0.0759, 0.0787, 0.0765, distinct=(10595, 2489)), 1000, None)
+    outcome, reason = runs.outcome(narrower)
+    assert outcome == runs.GATED and [g.name for g in narrower if not g.passed] == ["distinct_vs_base"]
+    assert "DivSPA distinct items in the top-50 lists 2,489 is 0.2349x base's 10,595 (gate: >= 0.8 x base)" in reason
+    assert "the base's top-50 lists fill 0.80% of their slots with distinct items" in reason
+    fewer_tail = runs.check_gates(cfg, _figures(0.2, 0.3, 0.3, tail=(0.30, 0.20)), 1000, None)
+    assert [g.name for g in fewer_tail if not g.passed] == ["long_tail_vs_base"]
+    sunk = runs.check_gates(cfg, _figures(0.2, 0.3, 0.3, ndcg=(0.10, 0.0908)), 1000, None)
+    assert [g.name for g in sunk if not g.passed] == ["ndcg_vs_base"] and "NDCG@50 0.0908" in runs.outcome(sunk)[1]
+    # A 13 % narrower student (sparse ML-100K's) passes; a base with no long-tail item cannot be undercut.
+    assert runs.outcome(runs.check_gates(cfg, _figures(0.2, 0.3, 0.3, distinct=(708, 617), tail=(0.0, 0.0)),
+                                         1000, None))[0] == runs.PUBLISHED
+    # ndcg as the headline metric: its gate is divspa_vs_base, not a second one.
+    as_ndcg = runs.check_gates(PublishConfig(metric="ndcg"), _figures(0.2, 0.3, 0.3), 1000, None)
+    assert "ndcg_vs_base" not in [g.name for g in as_ndcg]
 
 
 # --- publishing, on real tables -----------------------------------------------------------------
@@ -57,10 +88,13 @@ def _context(spark, out, run_id: str, *overrides: str) -> RunContext:
     return RunContext.start(cfg, "test", spark=spark)
 
 
-def _fake_run(ctx: RunContext, base: float, student: float, popularity: float = 0.2, augmented: int = 6) -> None:
+def _fake_run(ctx: RunContext, base: float, student: float, popularity: float = 0.2, augmented: int = 6,
+              narrow: float = 1.0) -> None:
     """What evaluate and augment leave behind: metrics rows and augmented positives."""
-    ctx.write_metrics("evaluate", [(m, "hr", 50, v) for m, v in
-                                   (("popularity", popularity), ("base", base), ("divspa-1", student))])
+    models = (("popularity", popularity, 50), ("base", base, 400), ("divspa-1", student, 400 * narrow))
+    ctx.write_metrics("evaluate", [row for m, v, distinct in models for row in (
+        (m, "hr", 50, v), (m, "ndcg", 50, v / 3), (m, "distinct_items", 50, distinct),
+        (m, "long_tail_share", 50, 0.3 if m != "popularity" else 0.0), (m, "distinct_share", 50, distinct / 5e4))])
     rows = [(1, 2, "i2i", 100 + n, n + 1, 0.5, 0.5, "importance", "base", ctx.run_id) for n in range(augmented)]
     ctx.write("augment", "augmented_positives", ctx.spark.createDataFrame(rows, load_schema("augmented_positives").spark))
 
@@ -80,11 +114,13 @@ def test_gated_runs_are_recorded_but_trainers_read_the_latest_published(spark, t
     assert "divspa: run d2 is not published: base hr@50 0.1500 is 0.7500x popularity's 0.2000" in err
     assert _publish(spark, tmp_path, "d3", base=0.30, student=0.30, augmented=30) == 3  # 5x yesterday's rows
     assert "augmented rows 30 are 5.00x run d1's 6" in capsys.readouterr().err
+    assert _publish(spark, tmp_path, "d5", base=0.30, student=0.30, narrow=0.5) == 3  # half the distinct items
+    assert "DivSPA distinct items in the top-50 lists 200 is 0.5000x base's 400" in capsys.readouterr().err
 
     common = ["--conf", "conf/default.yaml", "--set", f"run.output_dir={tmp_path}"]
     assert main(["runs", *common]) == 0
     listing = capsys.readouterr().out
-    assert "d1 *" in listing and "published" in listing and listing.count("gated") == 2
+    assert "d1 *" in listing and "published" in listing and listing.count("gated") == 3
 
     uri = str(tmp_path / "warehouse" / "augmented_positives")
     latest = DeltaIterableDataset(uri, columns=["aug_item_id", "run_id"], run="latest", as_arrow=True)
@@ -103,6 +139,7 @@ def test_gated_runs_are_recorded_but_trainers_read_the_latest_published(spark, t
     # The report says the verdict first.
     page = (tmp_path / "runs" / "d2" / "report.html").read_text()
     assert page.index("GATED") < page.index("Accuracy") and "base_vs_popularity" in page
+    assert "distinct_vs_base" in (tmp_path / "runs" / "d5" / "report.html").read_text()  # which gate
 
     # Re-publishing an unchanged run writes nothing; a good run later becomes the latest.
     version = _runs_version(tmp_path)

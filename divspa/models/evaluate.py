@@ -42,7 +42,11 @@ class EvalResult:
         return out
 
     def diversity_rows(self, model: str, long_tail: np.ndarray) -> list[tuple[str, str, int | None, float]]:
-        """Distinct items in the union of the test users' top-K lists, coverage, Gini, long-tail share.
+        """Distinct items in the union of the test users' top-K lists, coverage, Gini, long-tail share,
+        and distinct_share: distinct items over the lists' slots (users x K), how concentrated a
+        model is whatever the catalogue's size (the paper's base: 9,134 items in 112k users'
+        top-100, 0.08 %). DivSPA widened a base that concentrated and narrowed one that did not
+        (issue 38), so every run measures it.
 
         long_tail[i] is True when item index i is long-tail (index 0, padding, is never counted).
         """
@@ -51,6 +55,7 @@ class EvalResult:
             exposure = counts[1:]
             distinct = int((exposure > 0).sum())
             out += [(model, "distinct_items", k, float(distinct)),
+                    (model, "distinct_share", k, distinct / max(self.users * k, 1)),
                     (model, "coverage", k, distinct / max(len(exposure), 1)),
                     (model, "gini", k, gini(exposure)),
                     (model, "long_tail_share", k, float(exposure[long_tail[1:]].sum() / max(exposure.sum(), 1)))]

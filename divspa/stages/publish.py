@@ -19,6 +19,7 @@ from divspa import __version__, runs, storage
 from divspa.report import write_report
 from divspa.runtime import RunContext
 from divspa.schemas import load_schema
+from divspa.stages import STAGES
 from divspa.stages.train_base import BASE_VERSION
 from divspa.stages.train_divspa import final_version
 
@@ -26,24 +27,25 @@ log = logging.getLogger(__name__)
 NAME = "publish"
 
 
-def figures(ctx: RunContext) -> dict[str, float | None]:
-    """This run's popularity, base and final-student values of the gates' metric."""
-    pcfg = ctx.cfg.publish
+def figures(ctx: RunContext) -> runs.Figures:
+    """This run's popularity, base and final-student values of the metrics the gates read, at publish.k."""
     if not ctx.warehouse.exists("metrics"):
         return {}
-    rows = (ctx.read("metrics").where((F.col("stage") == "evaluate") & (F.col("metric") == pcfg.metric)
-                                      & (F.col("k") == pcfg.k)).select("model", "value").collect())
-    got = {r["model"]: r["value"] for r in rows}
-    return {"popularity": got.get("popularity"), "base": got.get(BASE_VERSION), "divspa": got.get(final_version(ctx))}
+    rows = (ctx.read("metrics").where((F.col("stage") == "evaluate") & F.col("metric").isin(*runs.GATED_METRICS)
+                                      & (F.col("k") == ctx.cfg.publish.k)).select("model", "metric", "value").collect())
+    roles = {"popularity": "popularity", BASE_VERSION: "base", final_version(ctx): "divspa"}
+    out: runs.Figures = {m: dict.fromkeys(roles.values()) for m in runs.GATED_METRICS}
+    for r in rows:
+        if r["model"] in roles:
+            out[r["metric"]][roles[r["model"]]] = r["value"]
+    return out
 
 
 def record(ctx: RunContext, outcome: str, reason: str | None, gates: list[runs.Gate] | None = None,
-           got: dict[str, float | None] | None = None, augmented_rows: int | None = None) -> None:
+           got: runs.Figures | None = None, augmented_rows: int | None = None) -> None:
     """Write (replace) this run's row of the runs table."""
-    from divspa.pipeline import STAGES  # the catalog imports nothing heavy; imported late to avoid a cycle
-
     pcfg, wh = ctx.cfg.publish, ctx.warehouse
-    got = got or {}
+    got = (got or {}).get(pcfg.metric, {})
     stages = [s.name for s in STAGES if s.name != NAME and ctx.stage_done(s.name, list(s.outputs))]
     versions = {t: wh.version(t) for t in wh.tables() if t != runs.TABLE}
     row = (outcome, reason, runs.gates_json(gates) if gates is not None else None, f"{pcfg.metric}@{pcfg.k}",
@@ -66,8 +68,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
     for g in gates:
         log.info("gate %s: %s (%s)", g.name, "pass" if g.passed else "FAIL", g.detail)
     before = next((r for r in recorded if r["run_id"] == ctx.run_id), None)
-    verdict = (outcome, reason, runs.gates_json(gates), got.get("popularity"), got.get("base"), got.get("divspa"),
-               augmented, runs.config_hash(ctx.cfg))
+    headline = got.get(ctx.cfg.publish.metric, {})
+    verdict = (outcome, reason, runs.gates_json(gates), headline.get("popularity"), headline.get("base"),
+               headline.get("divspa"), augmented, runs.config_hash(ctx.cfg))
     if before is not None and verdict == tuple(before[k] for k in (
             "outcome", "reason", "gates", "popularity", "base", "divspa", "augmented_rows", "config_hash")) \
             and "evaluate" not in ctx.stats:  # (a re-evaluated run gets a fresh record: the report dates it)
