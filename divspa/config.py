@@ -230,6 +230,30 @@ class TrainConfig:
     sparse_min_rows: int = _opt(32768, ge=0)
 
 
+# What stage `tune` may search: lr; weight_decay (off the search by default: any value > 0 makes
+# every embedding step dense); negatives = how many, from which distribution (uniform or
+# popularity^power), the batch's own positives among them, logQ correction; omega; arch.
+TuneParam = Literal["lr", "weight_decay", "negatives", "omega", "arch"]
+
+
+@dataclass
+class TuneConfig:
+    """Stage `tune`: an Optuna TPE search over the base's training settings before train_base.
+
+    The paper grid-searches its hyper-parameters; one set of defaults chosen on ML-100K left the
+    teacher at popularity's level on Ciao (issue 38). Trials are scored on the validation slice
+    of train (HR@train.val_k), never on test; the best trial's settings then train the base and
+    the students, and are recorded in the `tuning` table, the checkpoints and the report."""
+
+    trials: int = _opt(0, ge=0)  # 0: no search, train_base uses train/model as configured
+    timeout_s: float | None = _opt(None, gt=0)  # no new trial starts after this many seconds
+    space: list[TuneParam] = _opt(["lr", "negatives", "omega"])
+    max_epochs: int = _opt(10, ge=1)  # a trial's epoch cap (train.patience still stops it sooner)
+    # A trial whose validation HR after this many epochs is below the median of earlier trials'
+    # at the same epoch stops there (Optuna's median pruner; the first 3 trials are never pruned).
+    prune_after: int = _opt(2, ge=1)
+
+
 @dataclass
 class ExportConfig:
     partitions: int = _opt(0, ge=0)  # Spark partitions for user/item vectors; 0 = from the input
@@ -391,6 +415,7 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

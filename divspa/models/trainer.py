@@ -186,6 +186,9 @@ class Trainer:
         self.train_filter = run & (pads.field("is_val") == False)  # noqa: E712 (Arrow expression)
         self.val_filter = run & (pads.field("is_val") == True)  # noqa: E712
         self._fitted: dict[int, np.ndarray] | None = None
+        # Called with (epoch, validation HR) after each epoch; stage tune's pruner raises from it
+        # to stop a trial that trails the earlier ones.
+        self.epoch_hook: Callable[[int, float], None] | None = None
         self.train_rows = dataset.count_rows(filter=self.train_filter)
         if self.train_rows == 0:
             raise ValueError(f"train_examples holds no training rows for run {run_id}")
@@ -312,6 +315,8 @@ class Trainer:
             val = self._from_rank0(val)
             report.val_hr.append(val)
             log.info("epoch %d: train loss %.4f, val HR@%d %.4f", epoch, report.train_loss[-1], self.tcfg.val_k, val)
+            if self.epoch_hook is not None:
+                self.epoch_hook(epoch, val)
             if fixed:
                 report.best_val_hr, report.best_epoch = val, epoch
                 continue

@@ -7,17 +7,20 @@ them and the driver holds them, as the model's embedding tables must anyway.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from pyspark.sql import functions as F
 
 from divspa import storage
+from divspa.config import Config
 from divspa.models.checkpoint import ModelBundle, build_model
 from divspa.models.distributed import TrainJob, train
 from divspa.models.encoding import Vocab
 from divspa.models.trainer import TrainReport
 from divspa.runtime import RunContext
+from divspa.tuning import tuned
 
 log = logging.getLogger(__name__)
 NAME = "train_base"
@@ -28,8 +31,19 @@ def checkpoint_path(ctx: RunContext, version: str) -> str:
     return storage.join(ctx.cfg.model_dir, f"{version}.pt")
 
 
-def build_bundle(ctx: RunContext, version: str) -> ModelBundle:
-    """A freshly initialised model with vocabularies from this run's train split and features."""
+@dataclass
+class BaseInputs:
+    """What every fresh model of this run is built from: the vocabularies, each item's feature
+    tokens and its train clicks. Read once by Spark, then any number of models (stage tune's
+    trials) are initialised from it."""
+
+    vocab: Vocab
+    item_tokens: torch.Tensor  # [num_items + 1, model.max_item_tokens]
+    item_counts: torch.Tensor  # [num_items]
+
+
+def base_inputs(ctx: RunContext) -> BaseInputs:
+    """Vocabularies from this run's train split and features."""
     examples = ctx.read("train_examples")
     counts = examples.groupBy("item_id").agg(F.count(F.lit(1)).alias("n")).orderBy("item_id")
     count_table = counts.toArrow()
@@ -39,18 +53,27 @@ def build_bundle(ctx: RunContext, version: str) -> ModelBundle:
     feats = ctx.read("item_features").select("item_id", "features")
     item_tokens = sorted(feats.select(F.explode("features").alias("t")).distinct().toArrow().column("t").to_pylist())
     vocab = Vocab(item_ids, user_tokens, item_tokens)
-    mcfg = ctx.cfg.model
+    width = ctx.cfg.model.max_item_tokens
     token_rows = feats.join(counts.select("item_id"), "item_id", "left_semi").toArrow()
-    item_tokens_matrix = torch.zeros((vocab.num_items + 1, mcfg.max_item_tokens), dtype=torch.int64)
+    item_tokens_matrix = torch.zeros((vocab.num_items + 1, width), dtype=torch.int64)
     if token_rows.num_rows:
         idx = torch.from_numpy(vocab.item_index(token_rows.column("item_id").to_numpy()))
-        item_tokens_matrix[idx] = vocab.item_token_lists(token_rows.column("features"), mcfg.max_item_tokens)
-    torch.manual_seed(ctx.cfg.run.seed)
-    model = build_model(mcfg, vocab, item_tokens_matrix)
+        item_tokens_matrix[idx] = vocab.item_token_lists(token_rows.column("features"), width)
     log.info("vocabularies: %d items, %d user feature values, %d item feature values", vocab.num_items,
              len(user_tokens), len(item_tokens))
-    return ModelBundle(model, vocab, mcfg, torch.tensor(count_table.column("n").to_numpy(), dtype=torch.int64),
-                       {"model_version": version, "run_id": ctx.run_id})
+    return BaseInputs(vocab, item_tokens_matrix, torch.tensor(count_table.column("n").to_numpy(), dtype=torch.int64))
+
+
+def new_bundle(inputs: BaseInputs, cfg: Config, version: str, run_id: str) -> ModelBundle:
+    """A freshly initialised model of `cfg.model`'s shape (seeded by run.seed)."""
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model, inputs.vocab, inputs.item_tokens)
+    return ModelBundle(model, inputs.vocab, cfg.model, inputs.item_counts, {"model_version": version, "run_id": run_id})
+
+
+def build_bundle(ctx: RunContext, version: str, cfg: Config | None = None) -> ModelBundle:
+    """A freshly initialised model with vocabularies from this run's train split and features."""
+    return new_bundle(base_inputs(ctx), cfg or ctx.cfg, version, ctx.run_id)
 
 
 def train_report_rows(version: str, report: TrainReport, val_k: int) -> list[tuple[str, str, int | None, float]]:
@@ -65,10 +88,12 @@ def train_report_rows(version: str, report: TrainReport, val_k: int) -> list[tup
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    cfg = ctx.cfg
+    cfg, params = tuned(ctx)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    bundle = build_bundle(ctx, BASE_VERSION)
+    bundle = build_bundle(ctx, BASE_VERSION, cfg)
+    if params:
+        bundle.meta["tuned"] = params
     path = checkpoint_path(ctx, BASE_VERSION)
     job = TrainJob(cfg, "base", ctx.warehouse.snapshot("train_examples"), ctx.run_id, where=None, epochs=None,
                    checkpoint=path)

@@ -22,6 +22,7 @@ from divspa.stages.export import export_model
 from divspa.stages.prepare import in_example_order
 from divspa.stages.retrieve import retrieve
 from divspa.stages.train_base import BASE_VERSION, build_bundle, checkpoint_path, train_report_rows
+from divspa.tuning import tuned
 
 log = logging.getLogger(__name__)
 NAME = "train_divspa"
@@ -59,9 +60,11 @@ def divspa_examples(ctx: RunContext, teacher: str) -> DataFrame:
 
 
 def train_student(ctx: RunContext, label: str, teacher: str, version: str) -> dict[str, Any]:
-    cfg = ctx.cfg
+    cfg, params = tuned(ctx)  # students train as the tuned teacher did
     ctx.write(label, "divspa_examples", divspa_examples(ctx, teacher), partition={"teacher": teacher})
-    bundle = build_bundle(ctx, version)
+    bundle = build_bundle(ctx, version, cfg)
+    if params:
+        bundle.meta["tuned"] = params
     bundle.meta.update({"teacher": teacher, "beta": cfg.divspa.beta, "strategy_betas": cfg.divspa.strategy_betas(), "mixup": cfg.divspa.mixup,
                         "augmented_item_grads": cfg.divspa.strategy_item_grads(), "distill": cfg.divspa.distill,
                         "strategies": list(cfg.augment.strategies), "sampler": cfg.augment.sampler})
