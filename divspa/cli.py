@@ -258,15 +258,17 @@ def _runs(wh: Warehouse) -> int:
         return 0
     latest = runs.latest_of(rows)
     print(f"{'run_id':<22} {'outcome':<10} {'recorded (UTC)':<20} {'metric':<7} {'popular':>8} {'base':>8} "
-          f"{'divspa':>8} {'augmented':>11}  reason")
+          f"{'divspa':>8} {'augmented':>11} {'base conc.':>10}  reason")
     for r in rows:
         mark = " *" if latest is not None and r["run_id"] == latest["run_id"] else ""
         cells = [f"{r[c]:>8.4f}" if r[c] is not None else f"{'-':>8}" for c in ("popularity", "base", "divspa")]
         aug = f"{r['augmented_rows']:>11,}" if r["augmented_rows"] is not None else f"{'-':>11}"
+        share = r.get("base_distinct_share")  # none in rows recorded before the column existed
+        conc = f"{share:>10.2%}" if share is not None else f"{'-':>10}"
         print(f"{r['run_id'] + mark:<22} {r['outcome']:<10} {r['recorded_at']:%Y-%m-%d %H:%M:%S}  "
-              f"{r['metric'] or '-':<7} {' '.join(cells)} {aug}  {r['reason'] or ''}")
-    print("(* the latest published run: what trainers reading run='latest' get)" if latest else
-          "(no run is published)")
+              f"{r['metric'] or '-':<7} {' '.join(cells)} {aug} {conc}  {r['reason'] or ''}")
+    print("(* the latest published run: what trainers reading run='latest' get; base conc.: the share of the "
+          "base's top-k slots holding distinct items)" if latest else "(no run is published)")
     return 0
 
 

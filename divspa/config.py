@@ -199,7 +199,10 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, ge=0)
     batch_size: int = _opt(256, ge=1)  # rows per optimiser step; with train.processes = N each rank takes 1/N
     epochs: int = _opt(20, ge=1)
-    num_negatives: int = _opt(200, ge=1)  # n sampled negatives per batch, shared by its rows (Eq. 1)
+    # n sampled negatives per batch, shared by its rows (Eq. 1). 0 with in_batch_negatives: the
+    # batch's own positives are the only negatives (industrial YoutubeDNN; with logq_correction
+    # off, the paper's setting, whose base concentrates on the head).
+    num_negatives: int = _opt(200, ge=0)
     negative_sampler: Literal["uniform", "popularity"] = "uniform"
     popularity_power: float = _opt(0.75, ge=0)  # popularity sampler draws items with p ~ count^power
     logq_correction: bool = True  # subtract log q(v) from logits of non-uniformly sampled negatives
@@ -535,6 +538,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if cfg.augment.tail_quota > cfg.augment.m:
         raise ConfigError(f"{source}: augment.tail_quota = {cfg.augment.tail_quota} exceeds augment.m = "
                           f"{cfg.augment.m}: the quota is part of each positive's m draws")
+    if cfg.train.num_negatives == 0 and not cfg.train.in_batch_negatives:
+        raise ConfigError(f"{source}: train.num_negatives = 0 leaves no negatives: set train.in_batch_negatives=true "
+                          "(the batch's positives as negatives) or sample some")
     if cfg.augment.m > cfg.augment.k:
         raise ConfigError(f"{source}: augment.m = {cfg.augment.m} exceeds augment.k = {cfg.augment.k}")
     if cfg.model.arch == "autoint" and cfg.model.embedding_dim % cfg.model.attention_heads:

@@ -239,6 +239,8 @@ class Warehouse:
                 log.info("%s: transaction %s v%d already committed; skipping write", table, txn.app_id, txn.version)
                 return WriteResult(table, version if version is not None else -1, 0, 0, skipped=True)
         guarded = _guard(schema, df, replace if mode == "replace" else None)
+        if self.exists(table):
+            _add_new_columns(schema, self._delta(table))
         started = time.monotonic()
         if self.native:
             for attempt in range(1, NATIVE_ATTEMPTS + 1):
@@ -518,6 +520,20 @@ def _guard(schema: TableSchema, df: DataFrame, replace: dict[str, Any] | None) -
         # The schema file's doc becomes the column's comment (DESCRIBE shows it; Delta keeps it).
         exprs.append(expr.alias(col.name, metadata={"comment": col.doc}) if col.doc else expr.alias(col.name))
     return df.select(*exprs)
+
+
+def _add_new_columns(schema: TableSchema, dtable: DeltaTable) -> None:
+    """Columns a newer divspa appended to a table's schema file, added to the table on disk (one
+    metadata commit; existing rows read null there), so a warehouse outlives an upgrade. Only
+    nullable columns at the end qualify; any other difference is `_check_schema_unchanged`'s error."""
+    have = pa.schema(dtable.schema().to_arrow()).names
+    want = schema.arrow_with_docs
+    new = [want.field(n) for n in want.names[len(have):]]
+    if not new or want.names[:len(have)] != have or not all(f.nullable for f in new):
+        return
+    dtable.alter.add_columns(list(DeltaSchema.from_arrow(pa.schema(new)).fields))
+    log.info("%s: added columns %s (schemas/%s.json is newer than the table on disk)", schema.table,
+             [f.name for f in new], schema.table)
 
 
 def _check_schema_unchanged(schema: TableSchema, dtable: DeltaTable) -> None:

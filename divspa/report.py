@@ -131,6 +131,31 @@ def _gates(ctx: RunContext, evaluated_at: dt.datetime | None) -> str:
                            for g in gates]) if gates else "")
 
 
+def _tuning(trials: list[dict]) -> str:
+    """Stage tune's trials: what each tried, how it did on validation, which one the models use."""
+    if not trials:
+        return ""
+    trials = sorted(trials, key=lambda r: r["trial"])
+    k = trials[0]["val_k"]
+    pick = next((r for r in trials if r["chosen"]), None)
+    head = (f"<p>{len(trials)} trials scored on the validation slice of train (never on test). "
+            + (f"Trial {pick['trial']} was chosen: val HR@{k} {_fmt(pick['val_hr'])} against "
+               f"{_fmt(trials[0]['val_hr'])} with the configured settings (trial 0); the base and the students "
+               "trained with its settings.</p>" if pick else "The search has not finished: nothing chosen yet.</p>"))
+    chart = _bars(f"validation HR@{k} per trial", [str(r["trial"]) for r in trials],
+                  {"val HR": [r["val_hr"] or 0.0 for r in trials]})
+    rows = [[f"{r['trial']}{' (chosen)' if r['chosen'] else ''}", r["state"], _fmt(r["val_hr"]),
+             _fmt(r["epochs_run"]), f"{r['seconds']:.0f}",
+             ", ".join(f"{key.split('.')[1]}={_short(v)}" for key, v in json.loads(r["params"]).items())]
+            for r in trials]
+    return ("<h2>Tuning (stage tune)</h2>" + head + chart
+            + _table(["trial", "state", f"val HR@{k}", "epochs", "seconds", "settings"], rows))
+
+
+def _short(v: object) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def _betas(cfg: Config) -> str:
     """The mix-up weight, or each strategy's where they differ (divspa.beta_<strategy>)."""
     betas = {s: b for s, b in cfg.divspa.strategy_betas().items() if s in cfg.augment.strategies}
@@ -219,6 +244,9 @@ def write_report(ctx: RunContext) -> Path:
             ["model", "val HR", "best epoch", "epochs run", "examples/s", "wall s"],
             [[mod, *[_fmt(tget.get((mod, met))) for met in ("val_hr", "best_epoch", "epochs_run", "examples_per_s",
                                                             "train_wall_s")]] for mod in tmodels]))
+
+    if ctx.warehouse.exists("tuning"):
+        sections.append(_tuning([r.asDict() for r in ctx.read("tuning").collect()]))
 
     held = []
     for table in ("user_embeddings", "item_embeddings", "neighbours", "augmented_positives"):

@@ -38,10 +38,10 @@ class Gate:
     detail: str  # one line, said when the gate fails
 
 
-# Per metric at publish.k (hr, ndcg, distinct_items, long_tail_share, distinct_share), per model
-# role (popularity, base, divspa): the evaluate stage's figures the gates read.
+# Per metric at publish.k, per model role (popularity, base, divspa): the evaluate stage's figures
+# the gates read and the runs row records.
 Figures = dict[str, dict[str, float | None]]
-GATED_METRICS = ("hr", "ndcg", "distinct_items", "long_tail_share", "distinct_share")
+PUBLISH_METRICS = ("hr", "ndcg", "distinct_items", "long_tail_share", "distinct_share", "gini")
 
 
 def check_gates(cfg: PublishConfig, figures: Figures, augmented_rows: int | None,

@@ -8,6 +8,8 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
+from divspa.config import load_config
+from divspa.errors import ConfigError
 from divspa.models.checkpoint import load_checkpoint
 from divspa.pipeline import BY_NAME, run_stage
 from divspa.stages.train_base import BASE_VERSION, checkpoint_path
@@ -131,3 +133,24 @@ def test_sparse_embedding_gradients_train(trained):
     assert tables and not any(t._forward_pre_hooks or t.sparse for t in tables)
     _, _, again = fit()
     assert again.train_loss == pytest.approx(report.train_loss, rel=1e-6)
+
+
+def test_in_batch_negatives_alone_train(trained):
+    """train.num_negatives 0 with in-batch negatives and no logQ correction (the paper's industrial
+    setting): the batch's other positives are each row's only negatives, and the model learns."""
+    import copy
+
+    from divspa.models.trainer import Trainer
+    from divspa.stages.train_base import build_bundle
+
+    ctx = trained
+    cfg = copy.deepcopy(ctx.cfg)
+    cfg.train.num_negatives, cfg.train.in_batch_negatives, cfg.train.logq_correction = 0, True, False
+    trainer = Trainer(cfg, build_bundle(ctx, BASE_VERSION, cfg), ctx.warehouse.dataset("train_examples"), ctx.run_id)
+    pos = torch.tensor([3, 5, 5, 9])
+    neg, logq = trainer.negatives(pos)
+    assert neg.tolist() == [3, 5, 5, 9] and logq is None
+    report = trainer.fit(epochs=2)
+    assert report.train_loss[1] < report.train_loss[0] and report.best_val_hr > 0
+    with pytest.raises(ConfigError, match="leaves no negatives"):
+        load_config(None, ["train.num_negatives=0"])

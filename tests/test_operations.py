@@ -149,6 +149,31 @@ def test_gated_runs_are_recorded_but_trainers_read_the_latest_published(spark, t
     assert DeltaIterableDataset(uri, run="latest").run_id == "d4"
 
 
+def test_a_runs_table_from_before_new_columns_is_extended_not_refused(spark, tmp_path, capsys):
+    """A warehouse recorded by an older divspa: its runs table lacks the columns added since
+    (the base's concentration, the tuned settings); the next publish adds them, old rows read null."""
+    import datetime as dt
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from divspa.delta import Warehouse
+
+    schema = load_schema("runs").arrow
+    old = pa.schema([schema.field(n) for n in schema.names if n not in ("base_distinct_share", "base_gini", "tuned")])
+    row = {n: None for n in old.names} | {"outcome": "published", "stages": "ingest", "config_hash": "x",
+                                          "divspa_version": "0.0", "run_id": "old",
+                                          "recorded_at": dt.datetime(2026, 11, 1, tzinfo=dt.UTC)}
+    write_deltalake(str(tmp_path / "warehouse" / "runs"), pa.Table.from_pylist([row], old), partition_by=["run_id"])
+    assert _publish(spark, tmp_path, "new", base=0.30, student=0.30) == 0
+    recorded = {r["run_id"]: r for r in runs.records(Warehouse(None, str(tmp_path / "warehouse")))}
+    assert recorded["old"]["base_distinct_share"] is None and recorded["old"]["outcome"] == "published"
+    assert recorded["new"]["base_distinct_share"] == pytest.approx(400 / 5e4) and recorded["new"]["tuned"] is None
+    capsys.readouterr()
+    assert main(["runs", "--conf", "conf/default.yaml", "--set", f"run.output_dir={tmp_path}"]) == 0
+    assert "0.80%" in capsys.readouterr().out
+
+
 def _runs_version(out) -> int:
     from deltalake import DeltaTable
 

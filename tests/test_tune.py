@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from divspa.config import load_config
 from divspa.errors import StageError
 from divspa.models.checkpoint import load_checkpoint
 from divspa.pipeline import BY_NAME, run_stage
+from divspa.report import write_report
 from divspa.runtime import RunContext
 from divspa.stages import tune
 from divspa.stages.train_base import BASE_VERSION, checkpoint_path
@@ -71,5 +73,7 @@ def test_tune_chooses_on_validation_and_train_base_uses_it(spark, tmp_path, capl
         assert base.meta["tuned"] == json.loads(best["params"])
         assert base.mcfg.omega == pytest.approx(json.loads(best["params"])["model.omega"])
         assert run_stage(ctx, BY_NAME["tune"]) is None  # a finished search is not redone without --force
+        page = Path(write_report(ctx)).read_text()
+        assert "Tuning (stage tune)" in page and f"Trial {best['trial']} was chosen" in page
     finally:
         ctx.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 from pyspark.sql import functions as F
 
-from divspa import __version__, runs, storage
+from divspa import __version__, runs, storage, tuning
 from divspa.report import write_report
 from divspa.runtime import RunContext
 from divspa.schemas import load_schema
@@ -31,10 +31,10 @@ def figures(ctx: RunContext) -> runs.Figures:
     """This run's popularity, base and final-student values of the metrics the gates read, at publish.k."""
     if not ctx.warehouse.exists("metrics"):
         return {}
-    rows = (ctx.read("metrics").where((F.col("stage") == "evaluate") & F.col("metric").isin(*runs.GATED_METRICS)
+    rows = (ctx.read("metrics").where((F.col("stage") == "evaluate") & F.col("metric").isin(*runs.PUBLISH_METRICS)
                                       & (F.col("k") == ctx.cfg.publish.k)).select("model", "metric", "value").collect())
     roles = {"popularity": "popularity", BASE_VERSION: "base", final_version(ctx): "divspa"}
-    out: runs.Figures = {m: dict.fromkeys(roles.values()) for m in runs.GATED_METRICS}
+    out: runs.Figures = {m: dict.fromkeys(roles.values()) for m in runs.PUBLISH_METRICS}
     for r in rows:
         if r["model"] in roles:
             out[r["metric"]][roles[r["model"]]] = r["value"]
@@ -45,13 +45,17 @@ def record(ctx: RunContext, outcome: str, reason: str | None, gates: list[runs.G
            got: runs.Figures | None = None, augmented_rows: int | None = None) -> None:
     """Write (replace) this run's row of the runs table."""
     pcfg, wh = ctx.cfg.publish, ctx.warehouse
-    got = (got or {}).get(pcfg.metric, {})
+    figures_ = got or {}
+    got = figures_.get(pcfg.metric, {})
+    tuned = tuning.chosen(ctx) if ctx.cfg.tune.trials else None
     stages = [s.name for s in STAGES if s.name != NAME and ctx.stage_done(s.name, list(s.outputs))]
     versions = {t: wh.version(t) for t in wh.tables() if t != runs.TABLE}
     row = (outcome, reason, runs.gates_json(gates) if gates is not None else None, f"{pcfg.metric}@{pcfg.k}",
            got.get("popularity"), got.get("base"), got.get("divspa"), final_version(ctx), augmented_rows,
            ",".join(stages), json.dumps({k: v["wall_s"] for k, v in ctx.stats.items() if "wall_s" in v}),
-           json.dumps(versions), runs.config_hash(ctx.cfg), __version__, dt.datetime.now(dt.UTC), ctx.run_id)
+           json.dumps(versions), runs.config_hash(ctx.cfg), __version__, dt.datetime.now(dt.UTC), ctx.run_id,
+           figures_.get("distinct_share", {}).get("base"), figures_.get("gini", {}).get("base"),
+           json.dumps(tuned, sort_keys=True) if tuned else None)
     df = ctx.spark.createDataFrame([row], load_schema(runs.TABLE).spark)
     ctx.write(NAME if outcome != runs.FAILED else "failure", runs.TABLE, df)
 
