@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/quality.py --seeds 3 --variants divspa,wo_all
     .venv/bin/python benchmarks/quality.py --archs youtubednn,fm,deepfm,autoint   # Table 1's shape
 
-Per seed: the pipeline up to `augment` (teacher trained with that seed), then one student per
+Per seed: the pipeline up to `augment` (teacher trained with that seed; tuned first with
+`--set tune.trials=N`, and its students then train with the tuned settings), then one student per
 variant, all evaluated by the same exact top-K code on the chronological test split. Prints
 mean +- std over seeds and two-sided paired t-test p-values against the base model.
 """
@@ -176,7 +177,7 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
     logging.getLogger().setLevel(logging.WARNING)
     if cfg.train.num_threads:  # students too (train_base sets it only when it runs)
         torch.set_num_threads(cfg.train.num_threads)
-    for name in ("ingest", "split", "prepare", "train_base", "export", "retrieve", "augment"):
+    for name in ("ingest", "split", "prepare", "tune", "train_base", "export", "retrieve", "augment"):
         run_stage(ctx, BY_NAME[name])
     base = load_checkpoint(checkpoint_path(ctx, BASE_VERSION))
     tail = long_tail_mask(base.item_counts, cfg.augment.long_tail_share)

@@ -101,7 +101,7 @@ def _versus_base(name: str, metric: str, k: int, drop: float, student: float | N
     ratio = student / base if base else None
     ok = ratio is None or ratio >= floor
     detail = f"DivSPA {what} {_f(student)} is {_f(ratio)}x base's {_f(base)} (gate: {threshold})"
-    if metric in ("distinct_items", "long_tail_share") and base_share is not None:
+    if metric == "distinct_items" and base_share is not None:
         # How concentrated the base was says whether augmentation could have widened it (issue 38).
         detail += f"; the base's top-{k} lists fill {base_share:.2%} of their slots with distinct items"
     return Gate(name, ok, ratio, threshold, detail)
