@@ -43,7 +43,8 @@ def distributions(space: list[str], num_items: int) -> dict[str, optuna.distribu
     if "weight_decay" in space:
         out["train.weight_decay"] = Float(1e-8, 1e-3, log=True)
     if "negatives" in space:
-        out["train.num_negatives"] = Int(min(20, num_items), max(min(2000, num_items), min(20, num_items)), log=True)
+        low = min(20, num_items)
+        out["train.num_negatives"] = Int(low, max(low, min(2000, num_items)), log=True)
         out["train.negative_sampler"] = Cat(["uniform", "popularity"])
         out["train.popularity_power"] = Float(0.25, 1.0)  # only with the popularity sampler
         out["train.in_batch_negatives"] = Cat([False, True])
@@ -60,13 +61,18 @@ def suggest(trial: optuna.Trial, dists: dict[str, optuna.distributions.BaseDistr
     power under uniform negatives, logQ correction when every negative is uniform)."""
     params: dict[str, Any] = {}
     for name, dist in dists.items():
-        if name == "train.popularity_power" and params.get("train.negative_sampler") != "popularity":
-            continue
-        if name == "train.logq_correction" and params.get("train.negative_sampler") == "uniform" \
-                and not params.get("train.in_batch_negatives"):
-            continue
-        params[name] = _draw(trial, name, dist)
+        if _matters(name, params):
+            params[name] = _draw(trial, name, dist)
     return params
+
+
+def _matters(name: str, params: dict[str, Any]) -> bool:
+    """Whether setting `name` changes training, given the settings before it in `distributions`' order."""
+    if name == "train.popularity_power":
+        return params.get("train.negative_sampler") == "popularity"
+    if name == "train.logq_correction":
+        return params.get("train.negative_sampler") != "uniform" or bool(params.get("train.in_batch_negatives"))
+    return True
 
 
 def _draw(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistribution) -> Any:
@@ -82,12 +88,11 @@ def _draw(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistrib
 def configured(cfg: Config, dists: dict[str, Any]) -> dict[str, Any]:
     """The configured values of the searched settings: the search's first trial, so the chosen
     settings are never worse on validation than leaving them as they are."""
-    params = {name: getattr(getattr(cfg, name.split(".")[0]), name.split(".")[1]) for name in dists}
-    if "train.popularity_power" in params and params.get("train.negative_sampler") != "popularity":
-        del params["train.popularity_power"]
-    if "train.logq_correction" in params and params.get("train.negative_sampler") == "uniform" \
-            and not params.get("train.in_batch_negatives"):
-        del params["train.logq_correction"]
+    params: dict[str, Any] = {}
+    for name in dists:
+        if _matters(name, params):
+            section, key = name.split(".")
+            params[name] = getattr(getattr(cfg, section), key)
     return params
 
 
