@@ -200,8 +200,9 @@ class TrainConfig:
     batch_size: int = _opt(256, ge=1)  # rows per optimiser step; with train.processes = N each rank takes 1/N
     epochs: int = _opt(20, ge=1)
     # n sampled negatives per batch, shared by its rows (Eq. 1). 0 with in_batch_negatives: the
-    # batch's own positives are the only negatives (industrial YoutubeDNN; with logq_correction
-    # off, the paper's setting, whose base concentrates on the head).
+    # batch's own positives are the only negatives, as industrial YoutubeDNN trains. Without
+    # logq_correction they rank popular items down: on sparse Ciao that base scattered over the
+    # catalogue at near-random accuracy (docs/BENCHMARKS.md, "Issue 38").
     num_negatives: int = _opt(200, ge=0)
     negative_sampler: Literal["uniform", "popularity"] = "uniform"
     popularity_power: float = _opt(0.75, ge=0)  # popularity sampler draws items with p ~ count^power

@@ -136,8 +136,8 @@ def test_sparse_embedding_gradients_train(trained):
 
 
 def test_in_batch_negatives_alone_train(trained):
-    """train.num_negatives 0 with in-batch negatives and no logQ correction (the paper's industrial
-    setting): the batch's other positives are each row's only negatives, and the model learns."""
+    """train.num_negatives 0 with in-batch negatives and no logQ correction (industrial YoutubeDNN's
+    training): the batch's other positives are each row's only negatives, and the model learns."""
     import copy
 
     from divspa.models.trainer import Trainer
