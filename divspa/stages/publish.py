@@ -45,17 +45,17 @@ def record(ctx: RunContext, outcome: str, reason: str | None, gates: list[runs.G
            got: runs.Figures | None = None, augmented_rows: int | None = None) -> None:
     """Write (replace) this run's row of the runs table."""
     pcfg, wh = ctx.cfg.publish, ctx.warehouse
-    figures_ = got or {}
-    got = figures_.get(pcfg.metric, {})
+    got = got or {}
+    headline = got.get(pcfg.metric, {})
+    base_of = lambda metric: got.get(metric, {}).get("base")  # noqa: E731
     tuned = tuning.chosen(ctx) if ctx.cfg.tune.trials else None
     stages = [s.name for s in STAGES if s.name != NAME and ctx.stage_done(s.name, list(s.outputs))]
     versions = {t: wh.version(t) for t in wh.tables() if t != runs.TABLE}
     row = (outcome, reason, runs.gates_json(gates) if gates is not None else None, f"{pcfg.metric}@{pcfg.k}",
-           got.get("popularity"), got.get("base"), got.get("divspa"), final_version(ctx), augmented_rows,
+           headline.get("popularity"), headline.get("base"), headline.get("divspa"), final_version(ctx), augmented_rows,
            ",".join(stages), json.dumps({k: v["wall_s"] for k, v in ctx.stats.items() if "wall_s" in v}),
            json.dumps(versions), runs.config_hash(ctx.cfg), __version__, dt.datetime.now(dt.UTC), ctx.run_id,
-           figures_.get("distinct_share", {}).get("base"), figures_.get("gini", {}).get("base"),
-           json.dumps(tuned, sort_keys=True) if tuned else None)
+           base_of("distinct_share"), base_of("gini"), json.dumps(tuned, sort_keys=True) if tuned else None)
     df = ctx.spark.createDataFrame([row], load_schema(runs.TABLE).spark)
     ctx.write(NAME if outcome != runs.FAILED else "failure", runs.TABLE, df)
 
