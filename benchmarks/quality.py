@@ -281,9 +281,11 @@ def report(by_seed: dict[int, dict[str, dict[str, float]]], variants: list[str],
                   float(np.mean([by_seed[s][m]["hr@50"] for s in seeds])))
               for m in ["popularity", "base", *variants] if all(m in by_seed[s] for s in seeds)}
     if frontier:
-        Path(frontier).write_text("<!doctype html><html><body>" + scatter(
-            f"{conf}: mean over {len(seeds)} seeds", points, "distinct items @100", "HR@50") + "</body></html>")
-        print(f"\naccuracy-diversity frontier: {frontier}")
+        svg = scatter(f"{conf}: mean over {len(seeds)} seeds", points, "distinct items @100", "HR@50")
+        Path(frontier).parent.mkdir(parents=True, exist_ok=True)
+        Path(frontier).write_text("<!doctype html><html><body>" + svg + "</body></html>")
+        Path(frontier).with_suffix(".svg").write_text(svg)  # the same chart alone, for a Markdown page
+        print(f"\naccuracy-diversity frontier: {frontier} (and .svg)")
     pop = [by_seed[s]["popularity"]["hr@50"] for s in seeds if "popularity" in by_seed[s]]
     if len(pop) == len(seeds):
         ratio = [by_seed[s]["base"]["hr@50"] / max(by_seed[s]["popularity"]["hr@50"], 1e-12) for s in seeds]
