@@ -239,8 +239,6 @@ class Warehouse:
                 log.info("%s: transaction %s v%d already committed; skipping write", table, txn.app_id, txn.version)
                 return WriteResult(table, version if version is not None else -1, 0, 0, skipped=True)
         guarded = _guard(schema, df, replace if mode == "replace" else None)
-        if self.exists(table):
-            _add_new_columns(schema, self._delta(table))
         started = time.monotonic()
         if self.native:
             for attempt in range(1, NATIVE_ATTEMPTS + 1):
@@ -532,11 +530,15 @@ def _add_new_columns(schema: TableSchema, dtable: DeltaTable) -> None:
     if not new or want.names[:len(have)] != have or not all(f.nullable for f in new):
         return
     dtable.alter.add_columns(list(DeltaSchema.from_arrow(pa.schema(new)).fields))
+    dtable.update_incremental()
     log.info("%s: added columns %s (schemas/%s.json is newer than the table on disk)", schema.table,
              [f.name for f in new], schema.table)
 
 
 def _check_schema_unchanged(schema: TableSchema, dtable: DeltaTable) -> None:
+    """Before each write into an existing table: columns the schema file appended are added first
+    (an upgrade), any other difference is refused."""
+    _add_new_columns(schema, dtable)
     have = pa.schema(dtable.schema().to_arrow())
     if have.names != schema.arrow.names or [f.type for f in have] != [f.type for f in schema.arrow]:
         raise DeltaWriteError(
