@@ -62,16 +62,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
         cfg = tuning.with_params(ctx.cfg, params)
         cfg.train.epochs, cfg.train.processes = tcfg.max_epochs, 1
         trainer = Trainer(cfg, new_bundle(inputs, cfg, f"tune-{trial.number}", ctx.run_id), dataset, ctx.run_id)
-        curve: list[float] = []
 
         def epoch_done(epoch: int, val: float) -> None:
-            curve.append(val)
-            trial.report(val, epoch)
+            trial.report(val, epoch)  # the trial's curve: its intermediate values, one an epoch
             if trial.should_prune():
                 raise optuna.TrialPruned(f"val HR@{val_k} {val:.4f} after epoch {epoch}")
 
         trainer.epoch_hook = epoch_done
-        trial.set_user_attr("curve", curve)  # the same list, filled as the epochs run
         report = trainer.fit()
         return report.best_val_hr
 
@@ -100,7 +97,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
 
 def _row(trial: Any, val_k: int, run_id: str) -> dict[str, Any]:
-    curve = trial.user_attrs.get("curve") or list(trial.intermediate_values.values())
+    curve = [v for _, v in sorted(trial.intermediate_values.items())]
     state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(trial.state.name, "failed")
     best = max(curve) if curve else None
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
