@@ -21,7 +21,7 @@ from divspa.pipeline import BY_NAME, run_stage
 from divspa.reader import DeltaIterableDataset
 from divspa.runtime import RunContext
 from divspa.schemas import load_schema
-from tests.conftest import REPO
+from tests.conftest import REPO, require_native
 
 # --- gates, pure ---------------------------------------------------------------------------------
 
@@ -149,9 +149,14 @@ def test_gated_runs_are_recorded_but_trainers_read_the_latest_published(spark, t
     assert DeltaIterableDataset(uri, run="latest").run_id == "d4"
 
 
-def test_a_runs_table_from_before_new_columns_is_extended_not_refused(spark, tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["native", "embedded"])
+def test_a_runs_table_from_before_new_columns_is_extended_not_refused(spark, tmp_path, capsys, monkeypatch, mode):
     """A warehouse recorded by an older divspa: its runs table lacks the columns added since
-    (the base's concentration, the tuned settings); the next publish adds them, old rows read null."""
+    (the base's concentration, the tuned settings); the next publish adds them, old rows read null,
+    whichever engine commits."""
+    if mode == "native":
+        require_native()
+    monkeypatch.setenv("DIVSPA__SPARK__DELTA", mode)
     import datetime as dt
 
     import pyarrow as pa
