@@ -28,12 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from divspa import charts  # noqa: E402
 from divspa.config import load_config  # noqa: E402
 from divspa.long_tail import long_tail_mask  # noqa: E402
 from divspa.models.checkpoint import load_checkpoint  # noqa: E402
 from divspa.models.evaluate import EvalResult, model_scorer, popularity_scorer  # noqa: E402
 from divspa.pipeline import BY_NAME, run_stage  # noqa: E402
-from divspa.report import scatter  # noqa: E402
 from divspa.runtime import RunContext  # noqa: E402
 from divspa.stages.augment import augment  # noqa: E402
 from divspa.stages.evaluate import evaluate_scorer  # noqa: E402
@@ -55,6 +55,7 @@ VARIANTS: dict[str, dict] = {
     "beta_0.25": {"beta": 0.25},
     "beta_0.5": {"beta": 0.5},
     # Not in the paper: candidates discounted by popularity (augment.popularity_debias).
+    "debias_0.1": {"debias": 0.1},
     "debias_0.25": {"debias": 0.25},
     "debias_0.5": {"debias": 0.5},
     "debias_1": {"debias": 1.0},
@@ -281,7 +282,7 @@ def report(by_seed: dict[int, dict[str, dict[str, float]]], variants: list[str],
                   float(np.mean([by_seed[s][m]["hr@50"] for s in seeds])))
               for m in ["popularity", "base", *variants] if all(m in by_seed[s] for s in seeds)}
     if frontier:
-        svg = scatter(f"{conf}: mean over {len(seeds)} seeds", points, "distinct items @100", "HR@50")
+        svg = charts.frontier(f"{conf}: mean over {len(seeds)} seeds", points, "distinct items @100", "HR@50")
         Path(frontier).parent.mkdir(parents=True, exist_ok=True)
         Path(frontier).write_text("<!doctype html><html><body>" + svg + "</body></html>")
         Path(frontier).with_suffix(".svg").write_text(svg)  # the same chart alone, for a Markdown page

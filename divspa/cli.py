@@ -4,6 +4,7 @@
     divspa <stage> --conf ...          one stage (the same code spark-submit's jobs/<stage>.py runs)
     divspa tables | history TABLE      what the warehouse holds
     divspa runs                        every run's record: published, gated or failed, and why
+    divspa report RUN_ID|latest        re-render a run's HTML report from its tables (no JVM)
     divspa gc [--keep N] [--dry-run]   retention: drop old runs' partitions, vacuum, checkpoint
     divspa cluster start|stop|status   a local Spark standalone cluster (see divspa/cluster.py)
 
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p = sub.add_parser("runs", help="every run's record (outcome, gates, key figures); no JVM")
     _common(p)
+    p = sub.add_parser("report", help="re-render a run's HTML report from its tables, without re-evaluating; "
+                                      "no JVM (pass the --conf the run used: the page states its settings)")
+    _common(p)
+    p.add_argument("run", metavar="RUN", help='a run id, or "latest" (the latest published run)')
     p = sub.add_parser("gc", help="drop all but the newest --keep runs' partitions, vacuum, checkpoint; no JVM")
     _common(p)
     p.add_argument("--keep", type=int, default=None, help="runs to keep (default: run.keep_runs)")
@@ -95,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         cfg = _config(args)
-        if args.command in ("tables", "history", "sql", "runs", "gc"):
+        if args.command in ("tables", "history", "sql", "runs", "gc", "report"):
             return _inspect(args, cfg)
         stages = args.stages.split(",") if getattr(args, "stages", None) else None
         if stages:
@@ -218,6 +223,8 @@ def _inspect(args: argparse.Namespace, cfg: Config) -> int:
     wh = Warehouse(None, cfg.warehouse, checkpoint_interval=cfg.run.checkpoint_interval)
     if args.command == "runs":
         return _runs(wh)
+    if args.command == "report":
+        return _report(wh, args)
     if args.command == "gc":
         from divspa import retention
 
@@ -269,6 +276,24 @@ def _runs(wh: Warehouse) -> int:
               f"{r['metric'] or '-':<7} {' '.join(cells)} {aug} {conc}  {r['reason'] or ''}")
     print("(* the latest published run: what trainers reading run='latest' get; base conc.: the share of the "
           "base's top-k slots holding distinct items)" if latest else "(no run is published)")
+    return 0
+
+
+def _report(wh: Warehouse, args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
+    from divspa import runs
+    from divspa.report import write_report
+
+    run_id = runs.resolve_run(runs.records(wh), args.run, wh.root)
+    evaluated = wh.exists("metrics") and wh.snapshot("metrics").dataset().count_rows(
+        filter=(pc.field("run_id") == run_id) & (pc.field("stage") == "evaluate")) > 0
+    if not evaluated:
+        print(f"divspa: run {run_id!r} has no evaluated figures under {wh.root} (stage evaluate writes them; "
+              "`divspa runs` lists the recorded runs)", file=sys.stderr)
+        return 1
+    cfg = load_config(args.conf, [*args.overrides, f"run.run_id={run_id}"])
+    print(f"report: {write_report(wh, cfg)}")
     return 0
 
 

@@ -1,8 +1,9 @@
-"""The run's self-contained HTML report: metrics side by side, augmentation and diversity plots.
+"""The run's self-contained HTML report: verdict, accuracy, diversity, augmentation, run trend.
 
-Everything comes from the run's Delta tables (metrics, augmented_positives), so the report can
-be rebuilt at any time and says nothing the tables do not. Charts are inline SVG: the file
-opens anywhere, offline, with no plotting library installed.
+The page is a view of the warehouse's tables (metrics, runs, tuning, augmented_positives) and
+nothing else, so `divspa report RUN_ID` rebuilds it at any time without re-evaluating. It reads
+them with delta-rs (no JVM): the command starts in a second. Charts come from divspa/charts.py
+(matplotlib, inline SVG): the file opens anywhere, offline.
 """
 
 from __future__ import annotations
@@ -11,94 +12,52 @@ import datetime as dt
 import html
 import json
 from pathlib import Path
+from typing import Any
 
-from pyspark.sql import functions as F
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
-from divspa import storage
+from divspa import charts, runs, storage
 from divspa.config import Config
-from divspa.runtime import RunContext
+from divspa.delta import Warehouse
 
-PALETTE = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d"]
 BINS = 20
+TREND_RUNS = 10
+SHARES = ("distinct_share", "long_tail_share", "coverage")  # metrics that are fractions: shown as %
+COUNTS = ("distinct_items", "rows", "positives", "distinct_aug_items", "best_epoch", "epochs_run")
 
 
-def _bars(title: str, categories: list[str], series: dict[str, list[float]], fmt: str = "{:.3f}") -> str:
-    """A grouped bar chart: one group per category, one bar per series, a labelled y axis from 0
-    and each bar's value printed above it (a printed report has no hover)."""
-    w, h, pad, left = 640, 260, 40, 70
-    top = max([v for vals in series.values() for v in vals] + [1e-12])
-    group_w = (w - left - pad) / max(len(categories), 1)
-    bar_w = group_w * 0.8 / max(len(series), 1)
-    scale = (h - 30) / top
-    parts = [f'<svg width="{w}" height="{h + 60}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
-             f'<text x="{left}" y="14" font-weight="bold">{html.escape(title)}</text>',
-             f'<line x1="{left}" y1="{h}" x2="{w - pad}" y2="{h}" stroke="#333"/>',
-             f'<line x1="{left}" y1="30" x2="{left}" y2="{h}" stroke="#333"/>']
-    for t in _ticks(0.0, top):
-        y = h - t * scale
-        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{html.escape(fmt.format(t))}</text>'
-                     f'<line x1="{left}" y1="{y:.1f}" x2="{w - pad}" y2="{y:.1f}" stroke="#eee"/>')
-    for ci, cat in enumerate(categories):
-        x0 = left + ci * group_w + group_w * 0.1
-        for si, (name, vals) in enumerate(series.items()):
-            v = vals[ci]
-            bh = v * scale
-            x = x0 + si * bar_w
-            parts.append(f'<rect x="{x:.1f}" y="{h - bh:.1f}" width="{bar_w - 1:.1f}" height="{bh:.1f}" '
-                         f'fill="{PALETTE[si % len(PALETTE)]}"><title>{html.escape(name)} {html.escape(cat)}: '
-                         f'{fmt.format(v)}</title></rect>'
-                         f'<text x="{x + bar_w / 2:.1f}" y="{h - bh - 3:.1f}" text-anchor="middle" font-size="9">'
-                         f'{html.escape(fmt.format(v))}</text>')
-        parts.append(f'<text x="{x0 + group_w * 0.4:.1f}" y="{h + 14}" text-anchor="middle">{html.escape(cat)}</text>')
-    for si, name in enumerate(series):
-        parts.append(f'<rect x="{left + si * 140}" y="{h + 30}" width="10" height="10" '
-                     f'fill="{PALETTE[si % len(PALETTE)]}"/><text x="{left + si * 140 + 14}" y="{h + 39}">'
-                     f'{html.escape(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+# --- reading (delta-rs) --------------------------------------------------------------------------
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+def _rows(wh: Warehouse, table: str, where: pc.Expression, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    if not wh.exists(table):
+        return []
+    return wh.snapshot(table).dataset().to_table(columns=columns, filter=where).to_pylist()
 
 
-def scatter(title: str, points: dict[str, tuple[float, float]], xlabel: str, ylabel: str) -> str:
-    """One labelled point per model on value axes (the accuracy-diversity frontier): up and to the
-    right is better on both. Axes span the points' range with a margin, ticks labelled."""
-    w, h, left, bottom, top_pad, right = 640, 320, 70, 50, 30, 30
-    if not points:
-        return ""
-    xs, ys = [p[0] for p in points.values()], [p[1] for p in points.values()]
-    def span(vals: list[float]) -> tuple[float, float]:
-        lo, hi = min(vals), max(vals)
-        pad = (hi - lo) * 0.1 or abs(hi) * 0.1 or 1.0
-        return lo - pad, hi + pad
-    (x0, x1), (y0, y1) = span(xs), span(ys)
-    px = lambda x: left + (w - left - right) * (x - x0) / (x1 - x0)  # noqa: E731
-    py = lambda y: h - bottom - (h - bottom - top_pad) * (y - y0) / (y1 - y0)  # noqa: E731
-    parts = [f'<svg width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
-             f'<text x="{left}" y="14" font-weight="bold">{html.escape(title)}</text>',
-             f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="#333"/>',
-             f'<line x1="{left}" y1="{top_pad}" x2="{left}" y2="{h - bottom}" stroke="#333"/>',
-             f'<text x="{(left + w - right) / 2}" y="{h - 12}" text-anchor="middle">{html.escape(xlabel)}</text>',
-             f'<text x="14" y="{(top_pad + h - bottom) / 2}" text-anchor="middle" '
-             f'transform="rotate(-90 14 {(top_pad + h - bottom) / 2})">{html.escape(ylabel)}</text>']
-    for t in _ticks(x0, x1):
-        parts.append(f'<text x="{px(t):.1f}" y="{h - bottom + 14}" text-anchor="middle">{_fmt_tick(t)}</text>')
-    for t in _ticks(y0, y1):
-        parts.append(f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{_fmt_tick(t)}</text>'
-                     f'<line x1="{left}" y1="{py(t):.1f}" x2="{w - right}" y2="{py(t):.1f}" stroke="#eee"/>')
-    for i, (name, (x, y)) in enumerate(points.items()):
-        c = PALETTE[i % len(PALETTE)]
-        parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" fill="{c}"><title>{html.escape(name)}: '
-                     f'{_fmt_tick(x)}, {_fmt_tick(y)}</title></circle>'
-                     f'<text x="{px(x) + 8:.1f}" y="{py(y) - 6:.1f}" fill="{c}">{html.escape(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def _histograms(wh: Warehouse, run_id: str, teacher: str, strategies: list[str]) -> dict[str, tuple]:
+    """Rows per bin of score and weight for each strategy, counted batch by batch (a Video-size
+    run has tens of millions of augmented rows; none is held whole)."""
+    ranges = {"score": (-1.0, 1.0), "weight": (0.0, 1.0)}
+    counts = {col: {s: np.zeros(BINS) for s in strategies} for col in ranges}
+    where = (pc.field("run_id") == run_id) & (pc.field("model_version") == teacher)
+    scanner = wh.snapshot("augmented_positives").dataset().scanner(columns=["strategy", "score", "weight"],
+                                                                    filter=where)
+    for batch in scanner.to_batches():
+        if batch.num_rows == 0:
+            continue
+        strategy = batch.column("strategy").to_numpy(zero_copy_only=False)
+        for col, (lo, hi) in ranges.items():
+            values = np.clip(batch.column(col).to_numpy(zero_copy_only=False), lo, hi)
+            for s in strategies:
+                counts[col][s] += np.histogram(values[strategy == s], bins=BINS, range=(lo, hi))[0]
+    return {f"teacher's {col}": (np.linspace(lo, hi, BINS + 1), {s: c.tolist() for s, c in counts[col].items()})
+            for col, (lo, hi) in ranges.items()}
 
 
-def _fmt_tick(v: float) -> str:
-    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}"
+# --- formatting ----------------------------------------------------------------------------------
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -107,31 +66,117 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _fmt(v: float | None) -> str:
+def fmt(v: float | None, kind: str = "score") -> str:
+    """A number as its kind reads: counts with separators, shares as %, scores to 4 significant
+    digits (0.08 % of slots and 0.0008 are different statements)."""
     if v is None:
         return "-"
-    return f"{v:,.0f}" if abs(v) >= 1000 or float(v).is_integer() else f"{v:.4f}"
+    if kind == "count":
+        return f"{v:,.0f}"
+    if kind == "share":
+        return f"{v:.2%}"
+    return f"{v:.4g}"
 
 
-def _gates(ctx: RunContext, evaluated_at: dt.datetime | None) -> str:
+def _kind(metric: str) -> str:
+    return "share" if metric in SHARES else "count" if metric in COUNTS else "score"
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def _gates(rec: dict[str, Any] | None, evaluated_at: dt.datetime | None) -> str:
     """The run's publishing verdict, first thing on the page (divspa/runs.py)."""
-    from divspa import runs
-
-    rec = runs.record(ctx.warehouse, ctx.run_id)
     if rec is None or (evaluated_at is not None and rec["recorded_at"] < evaluated_at):
         return ('<p class="gate">Quality gates: not checked yet for these figures (stage publish runs after '
                 "evaluate).</p>")
-    colour = {"published": "#2e7d32", "gated": "#c62828", "failed": "#c62828"}.get(rec["outcome"], "#333")
+    colour = charts.OUTCOME_COLOURS.get(rec["outcome"], "#333")
     head = (f'<p class="gate" style="border-left:6px solid {colour};padding-left:8px"><b>{html.escape(rec["outcome"].upper())}'
             f"</b>" + (f": {html.escape(rec['reason'])}" if rec["reason"] else
                        ": every gate passed; trainers reading the latest published run read this one") + "</p>")
     gates = json.loads(rec["gates"]) if rec["gates"] else []
     return head + (_table(["gate", "passed", "value", "threshold", "detail"],
-                          [[g["name"], "yes" if g["passed"] else "NO", _fmt(g["value"]), g["threshold"], g["detail"]]
+                          [[g["name"], "yes" if g["passed"] else "NO", fmt(g["value"]), g["threshold"], g["detail"]]
                            for g in gates]) if gates else "")
 
 
-def _tuning(trials: list[dict]) -> str:
+def _accuracy(get: dict, models: list[str], ks: list[int]) -> str:
+    rows = [[mod, *[fmt(get.get((mod, met, k))) for met in ("hr", "ndcg") for k in ks]] for mod in models]
+    chart = charts.grouped_bars("HR@K and NDCG@K", {
+        met.upper(): ([f"@{k}" for k in ks], {mod: [get.get((mod, met, k)) or 0.0 for k in ks] for mod in models})
+        for met in ("hr", "ndcg")})
+    return ("<h2>Accuracy (test pairs, train items masked)</h2>"
+            + _table(["model", *[f"{met.upper()}@{k}" for met in ("hr", "ndcg") for k in ks]], rows) + chart)
+
+
+def _diversity(get: dict, models: list[str], dks: list[int], pk: int) -> str:
+    """One row per (K, model): five columns fit any page width, however many Ks are evaluated."""
+    metrics = [m for m in ("distinct_items", "distinct_share", "gini", "long_tail_share")
+               if any((mod, m, k) in get for mod in models for k in dks)]
+    names = {"distinct_items": "distinct items", "distinct_share": "distinct share of slots", "gini": "Gini",
+             "long_tail_share": "long-tail share"}
+    rows = [[f"@{k}", mod, *[fmt(get.get((mod, m, k)), _kind(m)) for m in metrics]] for k in dks for mod in models]
+    share = get.get(("base", "distinct_share", pk))
+    concentration = "" if share is None else (
+        f"<p>The base's top-{pk} lists fill <b>{share:.2%}</b> of their slots with distinct items (Gini "
+        f"{fmt(get.get(('base', 'gini', pk)))}). The paper's base filled 0.08 % of its top-100 slots; augmentation "
+        "widened bases that concentrated like it and narrowed spread ones (docs/RESULTS.md).</p>")
+    chart = charts.grouped_bars("distinct items in the union of the test users' top-K lists", {
+        "distinct items": ([f"@{k}" for k in dks], {mod: [get.get((mod, "distinct_items", k)) or 0.0 for k in dks]
+                                                    for mod in models})}, counts=True)
+    return ("<h2>Diversity of the test users' top-K lists</h2>" + concentration
+            + _table(["K", "model", *[names[m] for m in metrics]], rows) + chart)
+
+
+def _frontier(get: dict, models: list[str], ks: list[int], dks: list[int]) -> str:
+    k, dk = (50 if 50 in ks else ks[0]), (100 if 100 in dks else dks[0])
+    points = {mod: (get[(mod, "distinct_items", dk)], get[(mod, "hr", k)]) for mod in models
+              if (mod, "distinct_items", dk) in get and (mod, "hr", k) in get}
+    if not points:
+        return ""
+    return "<h2>Accuracy vs diversity</h2>" + charts.frontier(
+        f"HR@{k} against distinct items in the top-{dk} lists (up and right is better)", points,
+        f"distinct items @{dk}", f"HR@{k}")
+
+
+def _augmentation(wh: Warehouse, run_id: str, aug_stats: list[dict[str, Any]]) -> str:
+    strategies = sorted({m["model"] for m in aug_stats})
+    if not strategies:
+        return ""
+    aget = {(m["model"], m["metric"]): m["value"] for m in aug_stats}
+    table = _table(
+        ["strategy", "rows", "positives", "distinct items", "long-tail share", "score p10/p50/p90",
+         "weight p10/p50/p90"],
+        [[s, fmt(aget.get((s, "rows")), "count"), fmt(aget.get((s, "positives")), "count"),
+          fmt(aget.get((s, "distinct_aug_items")), "count"), fmt(aget.get((s, "long_tail_share")), "share"),
+          " / ".join(fmt(aget.get((s, f"score_p{q}"))) for q in (10, 50, 90)),
+          " / ".join(fmt(aget.get((s, f"weight_p{q}"))) for q in (10, 50, 90))] for s in strategies])
+    sizes = charts.grouped_bars("what each strategy proposed (separate axes: rows run to millions, items to "
+                                "thousands)", {
+        name: (strategies, {name: [aget.get((s, metric)) or 0.0 for s in strategies]})
+        for name, metric in (("augmented rows", "rows"), ("distinct augmented items", "distinct_aug_items"))},
+        counts=True)
+    section = "<h2>Augmentation by strategy (teacher: base)</h2>" + table + sizes
+    if wh.exists("augmented_positives"):
+        section += charts.histograms("the teacher's scores and the sampling weights of the augmented rows",
+                                     _histograms(wh, run_id, "base", strategies))
+    return section
+
+
+def _training(metrics: list[dict[str, Any]]) -> str:
+    train = [m for m in metrics if m["stage"] == "train_base" or m["stage"].endswith(".train")]
+    tget = {(m["model"], m["metric"]): m["value"] for m in train}
+    tmodels = list(dict.fromkeys(m["model"] for m in train))
+    if not tmodels:
+        return ""
+    cols = (("val_hr", "score"), ("best_epoch", "count"), ("epochs_run", "count"), ("examples_per_s", "count"),
+            ("train_wall_s", "count"))
+    return "<h2>Training</h2>" + _table(
+        ["model", "val HR", "best epoch", "epochs run", "examples/s", "wall s"],
+        [[mod, *[fmt(tget.get((mod, met)), kind) for met, kind in cols]] for mod in tmodels])
+
+
+def _tuning(trials: list[dict[str, Any]]) -> str:
     """Stage tune's trials: what each tried, how it did on validation, which one the models use."""
     if not trials:
         return ""
@@ -139,13 +184,14 @@ def _tuning(trials: list[dict]) -> str:
     k = trials[0]["val_k"]
     pick = next((r for r in trials if r["chosen"]), None)
     head = (f"<p>{len(trials)} trials scored on the validation slice of train (never on test). "
-            + (f"Trial {pick['trial']} was chosen: val HR@{k} {_fmt(pick['val_hr'])} against "
-               f"{_fmt(trials[0]['val_hr'])} with the configured settings (trial 0); the base and the students "
+            + (f"Trial {pick['trial']} was chosen: val HR@{k} {fmt(pick['val_hr'])} against "
+               f"{fmt(trials[0]['val_hr'])} with the configured settings (trial 0); the base and the students "
                "trained with its settings.</p>" if pick else "The search has not finished: nothing chosen yet.</p>"))
-    chart = _bars(f"validation HR@{k} per trial", [str(r["trial"]) for r in trials],
-                  {"val HR": [r["val_hr"] or 0.0 for r in trials]})
-    rows = [[f"{r['trial']}{' (chosen)' if r['chosen'] else ''}", r["state"], _fmt(r["val_hr"]),
-             _fmt(r["epochs_run"]), f"{r['seconds']:.0f}",
+    chart = charts.trials(f"validation HR@{k} per trial", [r["trial"] for r in trials],
+                          [r["val_hr"] or 0.0 for r in trials], [r["state"] for r in trials],
+                          pick["trial"] if pick else None, f"val HR@{k}")
+    rows = [[f"{r['trial']}{' (chosen)' if r['chosen'] else ''}", r["state"], fmt(r["val_hr"]),
+             fmt(r["epochs_run"], "count"), f"{r['seconds']:.0f}",
              ", ".join(f"{key.split('.')[1]}={_short(v)}" for key, v in json.loads(r["params"]).items())]
             for r in trials]
     return ("<h2>Tuning (stage tune)</h2>" + head + chart
@@ -156,120 +202,117 @@ def _short(v: object) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _betas(cfg: Config) -> str:
-    """The mix-up weight, or each strategy's where they differ (divspa.beta_<strategy>)."""
+def _trend(wh: Warehouse, cfg: Config, records: list[dict[str, Any]], models: list[str], dks: list[int],
+           augmented: float | None) -> str:
+    """This run beside the previous ones of the warehouse: the final student's headline figures
+    and the augmented rows, each run marked by its outcome. Read from `runs` and `metrics` only."""
+    k = cfg.publish.k
+    dk = 100 if 100 in dks else (dks[-1] if dks else k)
+    recent = [r for r in records if r["run_id"] != cfg.run_id]
+    mine = next((r for r in records if r["run_id"] == cfg.run_id), None)
+    students = [m for m in models if m.startswith("divspa-")]
+    if mine is None:  # evaluated, not recorded yet: its figures come from its own metrics
+        mine = {"run_id": cfg.run_id, "outcome": "pending", "student_version": students[-1] if students else None,
+                "augmented_rows": augmented, "recorded_at": None}
+    shown = (recent + [mine])[-TREND_RUNS:]
+    if len(shown) < 2:
+        return ""
+    ids = [r["run_id"] for r in shown]
+    wanted = (pc.field("stage") == "evaluate") & pc.field("run_id").isin(ids) & pc.field("k").isin([k, dk])
+    values = {(m["run_id"], m["model"], m["metric"], m["k"]): m["value"]
+              for m in _rows(wh, "metrics", wanted, ["run_id", "model", "metric", "k", "value"])}
+
+    def of(r: dict[str, Any], metric: str, kk: int) -> float | None:
+        return values.get((r["run_id"], r["student_version"], metric, kk)) if r["student_version"] else None
+
+    panels = {f"HR@{k}": [of(r, "hr", k) for r in shown], f"NDCG@{k}": [of(r, "ndcg", k) for r in shown],
+              f"distinct@{dk}": [of(r, "distinct_items", dk) for r in shown],
+              "augmented rows": [float(r["augmented_rows"]) if r["augmented_rows"] is not None else None
+                                 for r in shown]}
+    current = ids.index(cfg.run_id) + 1
+    chart = charts.trend(f"the final student over the last {len(shown)} runs of this warehouse (ringed: this run)",
+                         ids, [r["outcome"] for r in shown], panels, (f"distinct@{dk}", "augmented rows"), current)
+    rows = [[str(i), r["run_id"] + (" (this run)" if r["run_id"] == cfg.run_id else ""), r["outcome"],
+             f"{r['recorded_at']:%Y-%m-%d %H:%M}" if r["recorded_at"] else "-", r["student_version"] or "-",
+             *[fmt(panels[p][i - 1], "count" if p in (f"distinct@{dk}", "augmented rows") else "score")
+               for p in panels]]
+            for i, r in enumerate(shown, 1)]
+    return ("<h2>Run over run</h2>" + chart
+            + _table(["run", "run id", "outcome", "recorded (UTC)", "student", *panels], rows))
+
+
+def _held(wh: Warehouse, run_id: str) -> str:
+    """Rows per model version, counted from the Parquet footers of the run's partitions (no row is read)."""
+    held = []
+    for table in ("user_embeddings", "item_embeddings", "neighbours", "augmented_positives"):
+        if not wh.exists(table):
+            continue
+        rows: dict[str, int] = {}
+        for frag in wh.snapshot(table).dataset().get_fragments(filter=pc.field("run_id") == run_id):
+            version = str(pads.get_partition_keys(frag.partition_expression)["model_version"])
+            rows[version] = rows.get(version, 0) + frag.count_rows()
+        held += [[table, v, fmt(n, "count")] for v, n in sorted(rows.items())]
+    if not held:
+        return ""
+    return ("<h2>Model versions in this run's tables</h2><p>The final student's vectors and i2i lists are the run's "
+            "product (stage export_student).</p>" + _table(["table", "model_version", "rows"], held))
+
+
+def _settings(cfg: Config) -> str:
     betas = {s: b for s, b in cfg.divspa.strategy_betas().items() if s in cfg.augment.strategies}
-    if all(b == cfg.divspa.beta for b in betas.values()):
-        return str(cfg.divspa.beta)
-    return ", ".join(f"{s} {b}" for s, b in betas.items())
+    beta = str(cfg.divspa.beta) if all(b == cfg.divspa.beta for b in betas.values()) else \
+        ", ".join(f"{s} {b}" for s, b in betas.items())  # divspa.beta_<strategy> where they differ
+    return (f"Source: {html.escape(cfg.source.format)}; base model {html.escape(cfg.model.arch)}; sampler "
+            f"{html.escape(cfg.augment.sampler)}, k={cfg.augment.k}, m={cfg.augment.m}, candidates ranked by\n"
+            f"{html.escape(cfg.augment.rank_by)}{' (the paper’s rule)' if cfg.augment.rank_by == 'teacher' else ''}, "
+            f"beta={html.escape(beta)},\nmix-up in {html.escape(cfg.divspa.mixup)} space, strategies "
+            f"{html.escape(', '.join(cfg.augment.strategies) or 'none')}.")
 
 
-def write_report(ctx: RunContext) -> Path:
-    metrics = [r.asDict() for r in ctx.read("metrics").collect()]  # one run's figures: a few hundred rows
+STYLE = """body{font-family:sans-serif;margin:2em auto;max-width:1100px;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0;max-width:100%}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;overflow-wrap:break-word}
+th{white-space:nowrap}
+td:first-child,th:first-child{text-align:left}
+svg.chart{display:block;max-width:100%;height:auto;margin:0.5em 0}"""
+
+
+def write_report(wh: Warehouse, cfg: Config) -> Path:
+    """Render run `cfg.run_id`'s report from the warehouse into its run folder; return its path."""
+    run_id = cfg.run_id
+    metrics = _rows(wh, "metrics", pc.field("run_id") == run_id)  # one run's figures: a few hundred rows
     ev = [m for m in metrics if m["stage"] == "evaluate"]
     models = list(dict.fromkeys(m["model"] for m in ev))
     get = {(m["model"], m["metric"], m["k"]): m["value"] for m in ev}
     evaluated_at = max((m["created_at"] for m in ev), default=None)
-    if evaluated_at is not None and evaluated_at.tzinfo is None:  # Spark hands back local naive times
-        evaluated_at = evaluated_at.astimezone(dt.UTC)
-    sections: list[str] = [_gates(ctx, evaluated_at)]
-
+    records = runs.records(wh)
+    sections = [_gates(next((r for r in records if r["run_id"] == run_id), None), evaluated_at)]
     ks = sorted({m["k"] for m in ev if m["metric"] == "hr"})
-    acc_rows = [[mod, *[_fmt(get.get((mod, met, k))) for met in ("hr", "ndcg") for k in ks]] for mod in models]
-    sections.append("<h2>Accuracy (test pairs, train items masked)</h2>" + _table(
-        ["model", *[f"{met.upper()}@{k}" for met in ("hr", "ndcg") for k in ks]], acc_rows))
-    for met in ("hr", "ndcg"):
-        sections.append(_bars(f"{met.upper()}@K", [f"@{k}" for k in ks],
-                              {mod: [get.get((mod, met, k)) or 0.0 for k in ks] for mod in models}))
-
     dks = sorted({m["k"] for m in ev if m["metric"] == "distinct_items"})
-    div_rows = [[mod, *[_fmt(get.get((mod, met, k))) for k in dks for met in ("distinct_items", "distinct_share",
-                                                                              "gini", "long_tail_share")]]
-                for mod in models]
-    pk = ctx.cfg.publish.k
-    share = get.get(("base", "distinct_share", pk))
-    concentration = "" if share is None else (
-        f"<p>The base's top-{pk} lists fill <b>{share:.2%}</b> of their slots with distinct items (Gini "
-        f"{_fmt(get.get(('base', 'gini', pk)))}). The paper's base filled 0.08 % of its top-100 slots; augmentation "
-        "widened bases that concentrated like it and narrowed spread ones (docs/RESULTS.md).</p>")
-    sections.append("<h2>Diversity of the test users' top-K lists</h2>" + concentration + _table(
-        ["model", *[f"{met}@{k}" for k in dks for met in ("distinct", "distinct share", "gini", "long-tail")]],
-        div_rows))
-    sections.append(_bars("distinct items in the union of top-K lists", [f"@{k}" for k in dks],
-                          {mod: [get.get((mod, "distinct_items", k)) or 0.0 for k in dks] for mod in models}, "{:,.0f}"))
-
+    if ks:
+        sections.append(_accuracy(get, models, ks))
+    if dks:
+        sections.append(_diversity(get, models, dks, cfg.publish.k))
     if ks and dks:
-        k, dk = (50 if 50 in ks else ks[0]), (100 if 100 in dks else dks[0])
-        points = {mod: (get[(mod, "distinct_items", dk)], get[(mod, "hr", k)]) for mod in models
-                  if (mod, "distinct_items", dk) in get and (mod, "hr", k) in get}
-        sections.append("<h2>Accuracy vs diversity</h2>" + scatter(
-            f"HR@{k} against distinct items in the top-{dk} lists", points, f"distinct items @{dk}", f"HR@{k}"))
-
+        sections.append(_frontier(get, models, ks, dks))
     aug_stats = [m for m in metrics if m["stage"] == "augment"]
-    strategies = sorted({m["model"] for m in aug_stats})
-    if strategies:
-        aget = {(m["model"], m["metric"]): m["value"] for m in aug_stats}
-        sections.append("<h2>Augmentation by strategy (teacher: base)</h2>" + _table(
-            ["strategy", "rows", "positives", "distinct items", "long-tail share", "score p10/p50/p90",
-             "weight p10/p50/p90"],
-            [[s, _fmt(aget.get((s, "rows"))), _fmt(aget.get((s, "positives"))), _fmt(aget.get((s, "distinct_aug_items"))),
-              _fmt(aget.get((s, "long_tail_share"))),
-              " / ".join(_fmt(aget.get((s, f"score_p{q}"))) for q in (10, 50, 90)),
-              " / ".join(_fmt(aget.get((s, f"weight_p{q}"))) for q in (10, 50, 90))] for s in strategies]))
-        sections.append(_bars("augmented rows and distinct items", ["rows", "distinct items"],
-                              {s: [aget.get((s, "rows")) or 0.0, aget.get((s, "distinct_aug_items")) or 0.0]
-                               for s in strategies}, "{:,.0f}"))
-        aug = ctx.read("augmented_positives").where(F.col("model_version") == "base")
-        for col, lo, hi in (("score", -1.0, 1.0), ("weight", 0.0, 1.0)):
-            binned = aug.select("strategy", F.least(F.floor((F.col(col) - lo) / (hi - lo) * BINS), F.lit(BINS - 1))
-                                .cast("int").alias("b")).groupBy("strategy", "b").count().collect()
-            hist = {s: [0.0] * BINS for s in strategies}
-            for r in binned:
-                if r["strategy"] in hist and r["b"] is not None and 0 <= r["b"] < BINS:
-                    hist[r["strategy"]][r["b"]] = float(r["count"])
-            labels = [f"{lo + (hi - lo) * (i + 0.5) / BINS:.2f}" for i in range(BINS)]
-            sections.append(_bars(f"{col} distribution (rows per bin)", labels, hist, "{:,.0f}"))
-
-    recall = [m for m in metrics if m["stage"] == "retrieve" and m["metric"] == "ann_recall"]
+    sections.append(_augmentation(wh, run_id, aug_stats))
+    recall = sorted((m for m in metrics if m["stage"] == "retrieve" and m["metric"] == "ann_recall"),
+                    key=lambda m: m["model"])
     if recall:
-        sections.append(f"<h2>Approximate retrieval ({html.escape(ctx.cfg.retrieve.index)}): recall against exact "
-                        "search</h2>" + _table(["list", "k", "recall@k"], [[m["model"], str(m["k"]), _fmt(m["value"])]
-                                                                          for m in sorted(recall, key=lambda m: m["model"])]))
-
-    train = [m for m in metrics if m["stage"] == "train_base" or m["stage"].endswith(".train")]
-    tget = {(m["model"], m["metric"]): m["value"] for m in train}
-    tmodels = list(dict.fromkeys(m["model"] for m in train))
-    if tmodels:
-        sections.append("<h2>Training</h2>" + _table(
-            ["model", "val HR", "best epoch", "epochs run", "examples/s", "wall s"],
-            [[mod, *[_fmt(tget.get((mod, met))) for met in ("val_hr", "best_epoch", "epochs_run", "examples_per_s",
-                                                            "train_wall_s")]] for mod in tmodels]))
-
-    if ctx.warehouse.exists("tuning"):
-        sections.append(_tuning([r.asDict() for r in ctx.read("tuning").collect()]))
-
-    held = []
-    for table in ("user_embeddings", "item_embeddings", "neighbours", "augmented_positives"):
-        counts = ctx.read(table).groupBy("model_version").count().collect() if ctx.warehouse.exists(table) else []
-        held += [[table, r["model_version"], _fmt(float(r["count"]))] for r in sorted(counts, key=lambda r: r[0])]
-    if held:
-        sections.append("<h2>Model versions in this run's tables</h2><p>The final student's vectors and i2i lists "
-                        "are the run's product (stage export_student).</p>" + _table(["table", "model_version", "rows"],
-                                                                                     held))
-
-    cfg = ctx.cfg
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>divspa run {html.escape(ctx.run_id)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
-svg{{margin:0.5em 1em 0.5em 0}}</style></head><body>
-<h1>divspa run {html.escape(ctx.run_id)}</h1>
-<p>Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from the run's Delta tables under
-<code>{html.escape(ctx.warehouse.root)}</code>. Source: {html.escape(cfg.source.format)}; base model
-{html.escape(cfg.model.arch)}; sampler
-{html.escape(cfg.augment.sampler)}, k={cfg.augment.k}, m={cfg.augment.m}, candidates ranked by
-{html.escape(cfg.augment.rank_by)}{" (the paper's rule)" if cfg.augment.rank_by == "teacher" else ""},
-beta={html.escape(_betas(cfg))},
-mix-up in {html.escape(cfg.divspa.mixup)} space, strategies {html.escape(", ".join(cfg.augment.strategies) or "none")}.</p>
+        sections.append(f"<h2>Approximate retrieval ({html.escape(cfg.retrieve.index)}): recall against exact "
+                        "search</h2>" + _table(["list", "k", "recall@k"],
+                                               [[m["model"], str(m["k"]), fmt(m["value"])] for m in recall]))
+    sections.append(_training(metrics))
+    sections.append(_tuning(_rows(wh, "tuning", pc.field("run_id") == run_id)))
+    augmented = sum(m["value"] for m in aug_stats if m["metric"] == "rows") or None
+    sections.append(_trend(wh, cfg, records, models, dks, augmented))
+    sections.append(_held(wh, run_id))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>divspa run {html.escape(run_id)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head><body>
+<h1>divspa run {html.escape(run_id)}</h1>
+<p>Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from the Delta tables under
+<code>{html.escape(wh.root)}</code>. {_settings(cfg)}</p>
 {"".join(sections)}
 </body></html>"""
     path = storage.join(cfg.run_dir, "report.html")

@@ -10,6 +10,7 @@ import pytest
 
 from divspa.cli import main
 from divspa.delta import Warehouse
+from tests.browser import assert_page_fits, find_browser
 
 TINY = ["synthetic.num_users=300", "synthetic.num_items=120", "synthetic.mean_clicks_per_user=12",
         "synthetic.partitions=2", "spark.master=local[2]", "spark.shuffle_partitions=4", "train.epochs=2",
@@ -52,7 +53,16 @@ def test_full_pipeline_is_resumable_and_idempotent(spark, tmp_path, capsys):
     page = (tmp_path / "runs" / "r1" / "report.html").read_text()
     assert "candidates ranked by\nneighbour," in page and "beta=0.1," in page  # the rule the run used
     frontier = page[page.index("Accuracy vs diversity"):]
-    assert all(f"<title>{m}: " in frontier for m in ("popularity", "base", "divspa-1"))
+    assert all(f">{m}: " in frontier for m in ("popularity", "base", "divspa-1"))  # the legend names each point
+    # `divspa report` renders the page again from the tables alone: no JVM, no torch.
+    report = tmp_path / "runs" / "r1" / "report.html"
+    report.unlink()
+    res = subprocess.run([sys.executable, "-c", _NO_JVM_NO_TORCH, "report", "latest", *args(tmp_path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and f"report: {report}" in res.stdout, res.stdout + res.stderr
+    assert "Accuracy vs diversity" in report.read_text() and "every gate passed" in report.read_text()
+    if find_browser():  # test_report_in_a_browser skips, saying why, where there is none
+        assert_page_fits(report, tmp_path, min_charts=5)
     # The run's product: the final student's vectors and i2i lists, beside the teacher's, for delta-rs readers.
     held = page[page.index("Model versions in this run's tables"):]
     assert "<td>item_embeddings</td><td>divspa-1</td>" in held and "<td>neighbours</td><td>divspa-1</td>" in held
@@ -146,6 +156,9 @@ def test_metadata_commands_need_no_jvm_and_no_torch(trained):
     res = subprocess.run([sys.executable, "-c", _NO_JVM_NO_TORCH, "history", "nope", *where], capture_output=True,
                          text=True)
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and "no table 'nope'" in res.stderr
+    res = subprocess.run([sys.executable, "-c", _NO_JVM_NO_TORCH, "report", "b1", *where], capture_output=True,
+                         text=True)
+    assert res.returncode == 1 and "run 'b1' has no evaluated figures" in res.stderr
 
 
 def test_job_entry_point_is_thin_and_works():

@@ -273,7 +273,7 @@ def test_retrieve_writes_recall_to_metrics(trained, tmp_path):
     assert info["u2u_recall"] == 1.0
     from divspa.report import write_report
 
-    page = Path(write_report(ctx)).read_text()
+    page = Path(write_report(ctx.warehouse, ctx.cfg)).read_text()
     assert "recall against exact search" in page and "<td>u2u</td><td>5</td><td>1</td>" in page
 
 

@@ -73,7 +73,7 @@ def test_tune_chooses_on_validation_and_train_base_uses_it(spark, tmp_path, capl
         assert base.meta["tuned"] == json.loads(best["params"])
         assert base.mcfg.omega == pytest.approx(json.loads(best["params"])["model.omega"])
         assert run_stage(ctx, BY_NAME["tune"]) is None  # a finished search is not redone without --force
-        page = Path(write_report(ctx)).read_text()
+        page = Path(write_report(ctx.warehouse, ctx.cfg)).read_text()
         assert "Tuning (stage tune)" in page and f"Trial {best['trial']} was chosen" in page
     finally:
         ctx.close()

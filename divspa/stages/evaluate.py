@@ -60,5 +60,5 @@ def run(ctx: RunContext) -> dict[str, Any]:
         log.info("%s: %s over %d test pairs of %d users", name, figures, res.pairs, res.users)
         summary[name] = figures
     ctx.write_metrics(NAME, rows)
-    report = write_report(ctx)
+    report = write_report(ctx.warehouse, ctx.cfg)
     return {"report": str(report), **summary}

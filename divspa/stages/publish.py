@@ -82,7 +82,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         report = storage.join(ctx.cfg.run_dir, "report.html")
     else:
         record(ctx, outcome, reason, gates, got, augmented)
-        report = write_report(ctx)  # again, now with the gates at the top
+        report = write_report(ctx.warehouse, ctx.cfg)  # again, now with the gates at the top
     if outcome == runs.PUBLISHED:
         log.info("run %s published: trainers reading run='latest' now get it", ctx.run_id)
     else:
