@@ -59,26 +59,10 @@ VARIANTS: dict[str, dict] = {
     "debias_0.25": {"debias": 0.25},
     "debias_0.5": {"debias": 0.5},
     "debias_1": {"debias": 1.0},
-    # Not in the paper: u2i without the teacher's 10 best (augment.u2i_skip), one strategy per
-    # candidate (augment.dedup), and both with a mild popularity discount.
-    "u2i_skip_10": {"u2i_skip": 10},
-    "dedup": {"dedup": True},
-    "dedup_skip_10": {"dedup": True, "u2i_skip": 10},
-    "dedup_skip_debias_0.25": {"dedup": True, "u2i_skip": 10, "debias": 0.25},
     # Not in the paper: i2i and u2u2i ranked by their own similarity (augment.rank_by = neighbour).
     "rank_neighbour": {"rank_by": "neighbour"},
     "rank_neighbour_wo_u2i": {"rank_by": "neighbour", "strategies": ["i2i", "u2u2i"]},
     "rank_neighbour_debias_0.25": {"rank_by": "neighbour", "debias": 0.25},
-    # Not in the paper: candidates drawn by click share over proposal share (augment.calibrate).
-    "calibrate_1": {"calibrate": 1.0},
-    "rank_neighbour_calibrate_1": {"rank_by": "neighbour", "calibrate": 1.0},
-    # Not in the paper: one beta per strategy (divspa.beta_<strategy>).
-    "i2i_beta_0.3": {"betas": {"i2i": 0.3}},
-    "rank_neighbour_i2i_beta_0.3": {"rank_by": "neighbour", "betas": {"i2i": 0.3}},
-    "rank_neighbour_i2i_0.3_u2i_0.05": {"rank_by": "neighbour", "betas": {"i2i": 0.3, "u2i": 0.05}},
-    # Not in the paper: up to n of each positive's m draws per strategy are long-tail (augment.tail_quota).
-    "tail_quota_1": {"tail_quota": 1},
-    "tail_quota_2": {"tail_quota": 2},
     # The paper's other mix-up (Eq. 2), and (not in the paper) augmented positives that move the
     # user tower only, or with a share of their item-side gradient (divspa.augmented_item_grad).
     "mixup_representation": {"mixup": "representation"},
@@ -87,19 +71,10 @@ VARIANTS: dict[str, dict] = {
     "aug_item_grad_0.5": {"augmented_item_grad": 0.5},
     "aug_item_grad_0.25": {"augmented_item_grad": 0.25},
     # Eq. 2's accuracy with what widened Eq. 3 (stop 35): no item-side gradient, a popularity
-    # discount, a long-tail quota.
+    # discount. (Variants of options retired by issue 41 are in git history before 2026-12-07's
+    # retirement commit, with their figures in docs/BENCHMARKS.md.)
     "mixup_representation_no_aug_item_grad": {"mixup": "representation", "augmented_item_grad": 0.0},
     "mixup_representation_debias_0.5": {"mixup": "representation", "debias": 0.5},
-    "mixup_representation_tail_quota_1": {"mixup": "representation", "tail_quota": 1},
-    # Not in the paper: the item-side gradient kept only for i2i, the strategy that proposes the
-    # long tail (divspa.augmented_item_grad_<strategy>).
-    "item_grad_i2i_only": {"item_grads": {"u2i": 0.0, "i2i": 1.0, "u2u2i": 0.0}},
-    "item_grad_i2i_only_beta_0.25": {"item_grads": {"u2i": 0.0, "i2i": 1.0, "u2u2i": 0.0}, "beta": 0.25},
-    # Not in the paper: the teacher's softmax over the sampled items distilled beside Eq. 3
-    # (divspa.distill), and in place of the augmented positives (beta 0).
-    "distill_1": {"distill": 1.0},
-    "distill_1_t2": {"distill": 1.0, "distill_temperature": 2.0},
-    "distill_only": {"distill": 1.0, "beta": 0.0},
     # The paper's own knobs: k candidates kept per strategy (default 20, at most retrieve.k) and m
     # drawn from them (paper: 3).
     "k_5": {"k": 5},
@@ -108,8 +83,7 @@ VARIANTS: dict[str, dict] = {
     "m_10": {"m": 10},
 }
 # The augment options a variant may set; a variant that changes any of them re-augments.
-AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "u2i_skip": "u2i_skip", "dedup": "dedup",
-                "rank_by": "rank_by", "calibrate": "calibrate", "tail_quota": "tail_quota", "k": "k", "m": "m"}
+AUGMENT_KEYS = {"sampler": "sampler", "debias": "popularity_debias", "rank_by": "rank_by", "k": "k", "m": "m"}
 WORKER_ENV = "DIVSPA_QUALITY_WORKER"
 ACC = [f"{m}@{k}" for m in ("hr", "ndcg") for k in (50, 100, 200)]
 DIV = ["distinct@100", "distinct@500", "distinct@1000", "coverage@100", "gini@100", "long_tail@100"]
@@ -197,11 +171,8 @@ def run_seed(args: argparse.Namespace, seed: int, variants: list[str], spark, st
             augment(ctx, "bench.augment", BASE_VERSION)
             augmented_with = want
         ctx.cfg.augment.strategies = list(spec.get("strategies", default.augment.strategies))
-        for key in ("beta", "mixup", "augmented_item_grad", "distill", "distill_temperature"):
+        for key in ("beta", "mixup", "augmented_item_grad"):
             setattr(ctx.cfg.divspa, key, spec.get(key, getattr(default.divspa, key)))
-        for strategy in ALL:  # per-strategy beta and item-side gradient share, None = the shared one
-            for key, own in ((f"beta_{strategy}", "betas"), (f"augmented_item_grad_{strategy}", "item_grads")):
-                setattr(ctx.cfg.divspa, key, spec.get(own, {}).get(strategy, getattr(default.divspa, key)))
         version = f"bench-{name}"
         train_student(ctx, f"bench.{name}", BASE_VERSION, version)
         student = load_checkpoint(checkpoint_path(ctx, version))

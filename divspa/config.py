@@ -300,28 +300,12 @@ class AugmentConfig:
     strategies: list[Literal["u2i", "i2i", "u2u2i"]] = _opt(["u2i", "i2i", "u2u2i"])
     k: int = _opt(20, ge=1)  # candidates kept per strategy after the teacher's re-scoring
     m: int = _opt(3, ge=1)  # sampled per strategy (paper: 3)
-    # u2u2i candidates: each similar user's recent clicks (their last model.history_len train clicks)
-    # or all of them. On dense logs "all" covers most of the catalogue and u2u2i collapses into u2i.
-    peer_clicks: Literal["recent", "all"] = "recent"
-    # Which of the user's clicks no candidate may be. "fit": the train clicks the models are fitted
-    # on, so the validation slice is to the student what the test split is, and early stopping
-    # judges students fairly. "train": every train click, validation slice included (before
-    # 2026-11-23: students' validation HR then read 0.009-0.016 low on ML-100K).
-    exclude: Literal["fit", "train"] = "fit"
     sampler: Literal["uniform", "importance", "beta"] = "importance"
     # Not in the paper: rank, draw and weigh candidates by s(u, v) * (n_max / n_v)^g, n_v the item's
     # fitted train clicks, instead of the teacher's s(u, v) alone (0 = the paper's rule). The
     # teacher's own favourites are what it saw most; discounting them lets the augmentation widen
     # the student instead of narrowing it (see docs/BENCHMARKS.md, "Diversity").
     popularity_debias: float = _opt(0.0, ge=0)
-    # Not in the paper: u2i skips the teacher's n best candidates of the user and keeps ranks n+1..n+k.
-    # u2i is the teacher's own top-k outright; distilling it back mostly re-teaches what the student
-    # ranks first anyway. 0 = the paper's u2i.
-    u2i_skip: int = _opt(0, ge=0)
-    # Not in the paper: an item is a candidate of one strategy per (user, positive), the first of
-    # u2u2i, i2i, u2i that offers it. With False an item all three strategies agree on is drawn up to
-    # three times for one positive, and the student's loss leans three times on the teacher's consensus.
-    dedup: bool = False
     # What ranks, draws and weighs i2i and u2u2i candidates. "teacher": s(u, v), the paper's rule, the
     # same for every strategy, so all three lean to what the teacher already ranks high for u.
     # "neighbour" (not in the paper; the default since 2026-12-01): each strategy's own evidence: i2i
@@ -330,17 +314,6 @@ class AugmentConfig:
     # least as accurate as the paper's rule on all five logs measured, narrowing the student less on
     # four and as much on the demo's (BENCHMARKS, "Issue 16"); neither rule widens the student.
     rank_by: Literal["teacher", "neighbour"] = "neighbour"
-    # Not in the paper: draw and weigh each strategy's kept candidates by their selection times
-    # (click share / proposal share)^c, so the augmented items follow the click log's popularity
-    # instead of piling onto the items the teacher puts in everyone's top-k (0 = off). Measured
-    # (BENCHMARKS, "Calibrating"): the student no narrower than base on sparse ML-100K, as narrow
-    # as with the paper's rule on dense ML-100K.
-    calibrate: float = _opt(0.0, ge=0)
-    # Not in the paper: of each positive's m draws per strategy, up to this many are long-tail
-    # candidates (long_tail_share's tail of fitted clicks, as the evaluation counts it), drawn first
-    # by the same keys; the rest are drawn as always. 0 = off. Unlike the popularity discount it
-    # leaves the head candidates' ranks, draws and weights as they are.
-    tail_quota: int = _opt(0, ge=0)
     beta_alpha: float = _opt(0.5, gt=0)
     min_score: float = _opt(1e-6, gt=0)  # scores are floored here for sampling probabilities and weights
     long_tail_share: float = _opt(0.8, gt=0, lt=1)  # the least clicked items holding this share are long-tail
@@ -352,12 +325,6 @@ class DivspaConfig:
     # Weight of the augmented positives' losses (Eq. 3) or vectors (Eq. 2). The paper grid-searches it;
     # 0.1 won on MovieLens-100K (0.5 let the teacher's picks outweigh the real positive: see BENCHMARKS).
     beta: float = _opt(0.1, ge=0)
-    # Not in the paper: one strategy's own beta in place of `beta` (None = `beta`, the paper's one
-    # weight for all). The strategies teach different things: u2i and u2u2i mostly the head items
-    # the teacher ranks high for everyone, i2i the items next to each click (half of them long-tail).
-    beta_u2i: float | None = _opt(None, ge=0)
-    beta_i2i: float | None = _opt(None, ge=0)
-    beta_u2u2i: float | None = _opt(None, ge=0)
     # Eq. 3 (the paper's choice) or Eq. 2. On sparse ML-100K Eq. 2 gave the most accurate and the
     # narrowest student measured (HR@50 +12.8 %, distinct@100 -60 % against base; BENCHMARKS).
     mixup: Literal["output", "representation"] = "output"
@@ -366,39 +333,41 @@ class DivspaConfig:
     # augmented item is handed to users who never clicked it; its vector is pulled toward that wider
     # audience, i.e. toward the average user, where it enters everyone's top-K. Measured on sparse
     # ML-100K (BENCHMARKS, "The augmented loss's pull on item vectors"): at 0 the long-tail share is
-    # +41 % over base, but the accuracy gain is lost.
+    # +41 % over base, but the accuracy gain is lost. Kept when its per-strategy variants were retired
+    # (issue 41): the one lever beside the popularity discount that moved the long tail by 40 %.
     augmented_item_grad: float = _opt(1.0, ge=0, le=1)
-    # Not in the paper: one strategy's own share in place of `augmented_item_grad` (None = that).
-    # The strategies hand different items around: u2i and u2u2i mostly head items, whose pull toward
-    # a wider audience narrows every top-K; i2i half long-tail items, which that pull widens.
-    augmented_item_grad_u2i: float | None = _opt(None, ge=0, le=1)
-    augmented_item_grad_i2i: float | None = _opt(None, ge=0, le=1)
-    augmented_item_grad_u2u2i: float | None = _opt(None, ge=0, le=1)
     rounds: int = _opt(1, ge=1)  # rounds of self-distillation: each student teaches the next
-    # How long a student trains. "early_stopping": on its validation HR, like the base model (with
-    # augment.exclude = train, candidates never hold a validation item and a student's validation HR
-    # read 0.009-0.016 low on ML-100K; augment.exclude = fit, the default, removes that bias).
-    # "teacher": exactly the teacher's best epoch count, keeping the last weights. Measured on ML-100K
-    # (BENCHMARKS, "Still open"): no better in accuracy and significantly less diverse, so not the default.
-    student_epochs: Literal["early_stopping", "teacher"] = "early_stopping"
-    # Not in the paper: weight of a distillation term beside the mix-up loss, the KL divergence
-    # from the teacher's softmax over each row's positive and the batch's sampled negatives to the
-    # student's (at `distill_temperature`, scaled by its square). The augmented positives hand the
-    # student the teacher's top picks only; this hands it the teacher's whole ranking of random
-    # items, the tail's places included. 0 = off (the paper).
-    distill: float = _opt(0.0, ge=0)
-    distill_temperature: float = _opt(1.0, gt=0)
 
-    def strategy_betas(self) -> dict[str, float]:
-        """Each strategy's beta: its own where set, else the shared one."""
-        own = {"u2i": self.beta_u2i, "i2i": self.beta_i2i, "u2u2i": self.beta_u2u2i}
-        return {s: self.beta if b is None else b for s, b in own.items()}
 
-    def strategy_item_grads(self) -> dict[str, float]:
-        """Each strategy's share of the item-side gradient: its own where set, else the shared one."""
-        own = {"u2i": self.augmented_item_grad_u2i, "i2i": self.augmented_item_grad_i2i,
-               "u2u2i": self.augmented_item_grad_u2u2i}
-        return {s: self.augmented_item_grad if g is None else g for s, g in own.items()}
+# Options retired on 2026-12-07 (issue 41): each was measured on ML-100K, the long-tail log and
+# the demo log and gave accuracy and diversity above the base on none (docs/BENCHMARKS.md keeps
+# the measurements). A config naming one fails with this line rather than changing meaning.
+_SAME = "the popularity discount (augment.popularity_debias) is the diversity lever that stays"
+RETIRED: dict[str, str] = {
+    "augment.u2i_skip": f"skipping the teacher's best u2i candidates widened no student; {_SAME}",
+    "augment.dedup": f"one strategy per candidate changed neither axis; {_SAME}",
+    "augment.calibrate": f"calibrating proposals to the click log widened no student (and switched tail_quota "
+                         f"off); {_SAME}",
+    "augment.tail_quota": f"the long-tail quota landed on the discount's frontier; {_SAME}",
+    "augment.peer_clicks": "u2u2i takes each similar user's recent clicks (`all` was never measured and "
+                           "collapses u2u2i into u2i on dense logs); remove the key",
+    "augment.exclude": "candidates exclude the fitted train clicks (`train` biased the students' early "
+                       "stopping); remove the key",
+    "divspa.beta_u2i": "one beta per strategy widened no student; use divspa.beta",
+    "divspa.beta_i2i": "one beta per strategy widened no student; use divspa.beta",
+    "divspa.beta_u2u2i": "one beta per strategy widened no student; use divspa.beta",
+    "divspa.augmented_item_grad_u2i": "a per-strategy item-side gradient widened no student; use "
+                                      "divspa.augmented_item_grad",
+    "divspa.augmented_item_grad_i2i": "a per-strategy item-side gradient widened no student; use "
+                                      "divspa.augmented_item_grad",
+    "divspa.augmented_item_grad_u2u2i": "a per-strategy item-side gradient widened no student; use "
+                                        "divspa.augmented_item_grad",
+    "divspa.distill": "distilling the teacher's softmax pulled the student back to the base; remove the key",
+    "divspa.distill_temperature": "distilling the teacher's softmax pulled the student back to the base; "
+                                  "remove the key",
+    "divspa.student_epochs": "students stop early on validation (the teacher's epoch count was no more "
+                             "accurate and narrower); remove the key",
+}
 
 
 @dataclass
@@ -522,6 +491,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply_override(raw, item, "environment")
     for item in overrides or []:
         _apply_override(raw, item)
+    for key, why in RETIRED.items():
+        section, _, name = key.partition(".")
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            raise ConfigError(f"{source}: {key} was retired (issue 41, 2026-12-07): {why}")
     cfg = _build(Config, raw, "", source)
     if cfg.run.run_id is not None:
         _check_run_id(cfg.run.run_id, source)
@@ -532,13 +505,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if cfg.augment.k > cfg.retrieve.k:
         raise ConfigError(f"{source}: augment.k = {cfg.augment.k} exceeds retrieve.k = {cfg.retrieve.k}: "
                           "the teacher can only keep candidates that retrieval found")
-    if cfg.augment.u2i_skip and "u2i" in cfg.augment.strategies and \
-            cfg.augment.u2i_skip + cfg.augment.k > cfg.retrieve.k:
-        raise ConfigError(f"{source}: augment.u2i_skip + augment.k = {cfg.augment.u2i_skip + cfg.augment.k} "
-                          f"exceeds retrieve.k = {cfg.retrieve.k}: u2i would run out of retrieved candidates")
-    if cfg.augment.tail_quota > cfg.augment.m:
-        raise ConfigError(f"{source}: augment.tail_quota = {cfg.augment.tail_quota} exceeds augment.m = "
-                          f"{cfg.augment.m}: the quota is part of each positive's m draws")
     if cfg.train.num_negatives == 0 and not cfg.train.in_batch_negatives:
         raise ConfigError(f"{source}: train.num_negatives = 0 leaves no negatives: set train.in_batch_negatives=true "
                           "(the batch's positives as negatives) or sample some")

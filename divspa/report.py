@@ -259,13 +259,10 @@ def _held(wh: Warehouse, run_id: str) -> str:
 
 
 def _settings(cfg: Config) -> str:
-    betas = {s: b for s, b in cfg.divspa.strategy_betas().items() if s in cfg.augment.strategies}
-    beta = str(cfg.divspa.beta) if all(b == cfg.divspa.beta for b in betas.values()) else \
-        ", ".join(f"{s} {b}" for s, b in betas.items())  # divspa.beta_<strategy> where they differ
     return (f"Source: {html.escape(cfg.source.format)}; base model {html.escape(cfg.model.arch)}; sampler "
             f"{html.escape(cfg.augment.sampler)}, k={cfg.augment.k}, m={cfg.augment.m}, candidates ranked by\n"
             f"{html.escape(cfg.augment.rank_by)}{' (the paper’s rule)' if cfg.augment.rank_by == 'teacher' else ''}, "
-            f"beta={html.escape(beta)},\nmix-up in {html.escape(cfg.divspa.mixup)} space, strategies "
+            f"beta={cfg.divspa.beta},\nmix-up in {html.escape(cfg.divspa.mixup)} space, strategies "
             f"{html.escape(', '.join(cfg.augment.strategies) or 'none')}.")
 
 

@@ -7,11 +7,10 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from divspa.augment import DEDUP_ORDER, beta_rank_probs, sample_groups
+from divspa.augment import beta_rank_probs, sample_groups
 from divspa.config import AugmentConfig
 from divspa.models.checkpoint import load_checkpoint
-from divspa.models.divspa import DivspaTrainer
-from divspa.stages.train_base import BASE_VERSION, build_bundle, checkpoint_path
+from divspa.stages.train_base import BASE_VERSION, checkpoint_path
 from divspa.stages.train_divspa import train_student
 from tests.conftest import rerun
 
@@ -143,40 +142,7 @@ def test_popularity_debias_moves_candidates_to_the_long_tail(augmented):
     assert debiased.where("score > 1.0001").count() == 0
 
 
-def test_tail_quota_puts_a_long_tail_item_into_every_positives_draw(augmented):
-    from divspa.long_tail import long_tail_mask
-    from divspa.stages.augment import augmented as augmented_rows
-    from divspa.stages.augment import candidate_rows
-
-    ctx = augmented
-    clicks = ctx.read("train_examples").where(~F.col("is_val")).select("user_id", "item_id").distinct().groupBy(
-        "item_id").agg(F.count(F.lit(1)).alias("n"))  # as the stage counts fitted clicks
-    items = sorted(r["item_id"] for r in ctx.read("item_embeddings").where(F.col("model_version") == BASE_VERSION)
-                   .select("item_id").collect())
-    n = dict(map(tuple, clicks.collect()))
-    tail = long_tail_mask([n.get(i, 0) for i in items], ctx.cfg.augment.long_tail_share)[1:]
-    is_tail = {i for i, t in zip(items, tail, strict=True) if t}
-    try:
-        ctx.cfg.augment.tail_quota = 1
-        rows = augmented_rows(ctx, BASE_VERSION).collect()
-    finally:
-        ctx.cfg.augment.tail_quota = 0
-    offered = {(r["user_id"], r["item_id"], r["strategy"]) for r in candidate_rows(ctx, BASE_VERSION).collect()
-               if r["aug_item_id"] in is_tail}
-    drawn: dict[tuple, list[int]] = {}
-    for r in rows:
-        drawn.setdefault((r["user_id"], r["item_id"], r["strategy"]), []).append(r["aug_item_id"])
-    assert offered and set(drawn) >= offered
-    # every (positive, strategy) whose candidates hold a long-tail item draws at least one
-    assert all(any(a in is_tail for a in drawn[g]) for g in offered)
-    share = sum(a in is_tail for a in (r["aug_item_id"] for r in rows if r["strategy"] == "u2i")) / sum(
-        r["strategy"] == "u2i" for r in rows)
-    written = ctx.read("augmented_positives").where((F.col("model_version") == BASE_VERSION) & (F.col("strategy") == "u2i"))
-    before = sum(r["aug_item_id"] in is_tail for r in written.select("aug_item_id").collect()) / written.count()
-    assert share > before + 0.05, (share, before)
-
-
-def test_exclude_train_keeps_the_validation_slice_out_of_candidates(augmented):
+def test_candidates_exclude_the_fitted_clicks_not_the_validation_slice(augmented):
     from divspa.stages.augment import candidate_rows
 
     ctx = augmented
@@ -184,59 +150,9 @@ def test_exclude_train_keeps_the_validation_slice_out_of_candidates(augmented):
     fitted = examples.where(~F.col("is_val")).select("user_id", F.col("item_id").alias("aug_item_id"))
     val_only = examples.where(F.col("is_val")).select("user_id", F.col("item_id").alias("aug_item_id")).subtract(fitted)
     fit = candidate_rows(ctx, BASE_VERSION)
-    try:
-        ctx.cfg.augment.exclude = "train"
-        train = candidate_rows(ctx, BASE_VERSION).cache()
-    finally:
-        ctx.cfg.augment.exclude = "fit"
-    # fit (the default) excludes the positives themselves; train also every validation click.
+    # The validation slice is to a student what the test split is: its items may be candidates.
     assert fit.join(fitted, ["user_id", "aug_item_id"]).count() == 0
     assert fit.join(val_only, ["user_id", "aug_item_id"]).count() > 0
-    assert train.join(fitted, ["user_id", "aug_item_id"]).count() == 0
-    assert train.join(val_only, ["user_id", "aug_item_id"]).count() == 0
-    assert train.count() > 0
-
-
-def test_u2i_skip_and_dedup(augmented):
-    from divspa.stages.augment import augmented as augmented_rows
-    from divspa.stages.augment import candidate_rows
-
-    ctx, acfg = augmented, augmented.cfg.augment
-    key = ["user_id", "item_id", "strategy", "aug_item_id", "rank"]
-    paper = {tuple(r) for r in candidate_rows(ctx, BASE_VERSION).select(*key).collect()}
-    try:
-        acfg.u2i_skip = 5
-        skipped = {tuple(r) for r in candidate_rows(ctx, BASE_VERSION).select(*key).collect()}
-        acfg.u2i_skip, acfg.dedup = 0, True
-        deduped = {tuple(r) for r in candidate_rows(ctx, BASE_VERSION).select(*key).collect()}
-        sampled = augmented_rows(ctx, BASE_VERSION).collect()
-    finally:
-        acfg.u2i_skip, acfg.dedup = 0, False
-    # u2i_skip: the teacher's 5 best u2i items are gone; its ranks 6..k are u2i's ranks 1..k-5; the
-    # other strategies are untouched.
-    u2i = [r for r in paper if r[2] == "u2i"]
-    assert u2i
-    assert {r for r in skipped if r[2] != "u2i"} == {r for r in paper if r[2] != "u2i"}
-    assert {(*r[:4], r[4] - 5) for r in u2i if r[4] > 5} <= {r for r in skipped if r[2] == "u2i"}
-    best = {(r[0], r[3]) for r in u2i if r[4] <= 5}
-    assert not best & {(r[0], r[3]) for r in skipped if r[2] == "u2i"}
-    # dedup: each (user, positive, item) once, from the first strategy offering it; nothing else lost;
-    # ranks 1..n within each group; sampled weights still sum to 1 per group.
-    offered: dict[tuple, set[str]] = {}
-    for r in paper:
-        offered.setdefault((r[0], r[1], r[3]), set()).add(r[2])
-    assert len(offered) < len(paper)  # the strategies do overlap on this data
-    got = {(r[0], r[1], r[3]): r[2] for r in deduped}
-    assert len(got) == len(deduped) and got.keys() == offered.keys()
-    assert all(got[c] == next(s for s in DEDUP_ORDER if s in strategies) for c, strategies in offered.items())
-    ranks: dict[tuple, list[int]] = {}
-    for r in deduped:
-        ranks.setdefault((r[0], r[1], r[2]), []).append(r[4])
-    assert all(sorted(v) == list(range(1, len(v) + 1)) for v in ranks.values())
-    sums: dict[tuple, float] = {}
-    for r in sampled:
-        sums[(r.user_id, r.item_id, r.strategy)] = sums.get((r.user_id, r.item_id, r.strategy), 0.0) + r.weight
-    assert all(abs(w - 1.0) < 1e-5 for w in sums.values())
 
 
 def test_rank_by_neighbour_uses_each_strategys_own_similarity(augmented):
@@ -304,75 +220,6 @@ def test_student_without_strategies_is_the_base_model(augmented):
     assert not all(torch.equal(base[k], students["all"][k]) for k in base)  # augmentation does change it
 
 
-def test_a_student_trains_with_a_strategys_own_beta_and_item_grad_share(augmented):
-    # The per-strategy path streams the examples' strategies (the shared path does not read them);
-    # its loss against hand computation is tests/test_mixup.py's.
-    ctx = augmented
-    ctx.cfg.divspa.beta_i2i, ctx.cfg.divspa.augmented_item_grad_u2i = 0.5, 0.0
-    try:
-        out = train_student(ctx, "test.beta-i2i", BASE_VERSION, "test-beta-i2i")
-    finally:
-        ctx.cfg.divspa.beta_i2i = ctx.cfg.divspa.augmented_item_grad_u2i = None
-    ckpt = load_checkpoint(checkpoint_path(ctx, "test-beta-i2i"))
-    assert ckpt.meta["strategy_betas"] == {"u2i": 0.1, "i2i": 0.5, "u2u2i": 0.1}
-    assert ckpt.meta["augmented_item_grads"] == {"u2i": 0.0, "i2i": 1.0, "u2u2i": 1.0}
-    assert out["best_epoch"] >= 1 and out["val_hr"] > 0
-
-
-def test_a_student_distills_the_teachers_softmax(augmented):
-    # divspa.distill: the teacher's checkpoint is read beside the examples and the term changes
-    # the student (the term itself against hand computation: tests/test_mixup.py).
-    ctx = augmented
-    ctx.cfg.divspa.distill = 1.0
-    try:
-        out = train_student(ctx, "test.distill", BASE_VERSION, "test-distill")
-    finally:
-        ctx.cfg.divspa.distill = 0.0
-    ckpt = load_checkpoint(checkpoint_path(ctx, "test-distill"))
-    assert ckpt.meta["distill"] == 1.0 and out["best_epoch"] >= 1 and out["val_hr"] > 0
-    # One batch, the same negatives: the loss with the teacher is the mix-up loss plus a positive term.
-    ctx.cfg.divspa.distill = 1.0
-    try:
-        trainer = DivspaTrainer(ctx.cfg, build_bundle(ctx, "test-distill2"), ctx.warehouse.dataset("divspa_examples"),
-                                ctx.run_id, where={"teacher": BASE_VERSION}, teacher=checkpoint_path(ctx, BASE_VERSION))
-        assert trainer.teacher is not None
-        trainer.model.eval()
-        table = next(iter(trainer.batches(1)))
-        losses = []
-        for teacher in (trainer.teacher, None):
-            trainer.teacher = teacher
-            trainer.sampler.generator.manual_seed(0)
-            with torch.no_grad():
-                losses.append(float(trainer.batch_loss(table)))
-    finally:
-        ctx.cfg.divspa.distill = 0.0
-    assert losses[0] > losses[1] > 0
-
-
-def test_student_can_train_for_the_teachers_epochs(augmented):
-    # divspa.student_epochs = teacher: no early stopping on the (augmentation-biased) validation
-    # HR; exactly the teacher's best epoch count, last weights kept.
-    ctx = augmented
-    teacher_epochs = int(load_checkpoint(checkpoint_path(ctx, BASE_VERSION)).meta["best_epoch"])
-    ctx.cfg.divspa.student_epochs, patience, epochs = "teacher", ctx.cfg.train.patience, ctx.cfg.train.epochs
-    ctx.cfg.train.patience, ctx.cfg.train.epochs = 1, 1  # neither may cut it short or bound it
-    try:
-        out = train_student(ctx, "test.fixed", BASE_VERSION, "test-fixed")
-    finally:
-        ctx.cfg.divspa.student_epochs, ctx.cfg.train.patience, ctx.cfg.train.epochs = "early_stopping", patience, epochs
-    assert out["best_epoch"] == teacher_epochs
-    assert load_checkpoint(checkpoint_path(ctx, "test-fixed")).meta["best_epoch"] == teacher_epochs
-    # and the trainer runs a fixed count past train.epochs and patience
-    ctx.cfg.train.patience, ctx.cfg.train.epochs = 1, 1
-    try:
-        trainer = DivspaTrainer(ctx.cfg, build_bundle(ctx, "test-fixed3"), ctx.warehouse.dataset("divspa_examples"),
-                                ctx.run_id, where={"teacher": BASE_VERSION})
-        report = trainer.fit(3)
-    finally:
-        ctx.cfg.train.patience, ctx.cfg.train.epochs = patience, epochs
-    assert (report.epochs_run, report.best_epoch, len(report.val_hr)) == (3, 3, 3)
-
-
 def synthetic_candidates(groups: int, k: int) -> tuple[np.ndarray, ...]:
     """(group, candidate id, selection, rank) of `groups` groups of k ranked candidates, and uniform
     numbers hashed as the augmentation hashes them."""
@@ -420,27 +267,6 @@ def test_sampling_without_replacement_and_weights():
         assert np.allclose(w, sel[chosen][mine] / sel[chosen][mine].sum(), atol=1e-6)
 
 
-def test_tail_quota_takes_the_best_keyed_tail_candidate_first():
-    group, aug, sel, rank, r, _ = synthetic_candidates(400, 10)
-    tail = rank > 6  # the four lowest-ranked candidates of each group are long-tail
-    plain, plain_w = sample_groups(group, aug, sel, rank, r, AugmentConfig(k=10, m=3))
-    cfg = AugmentConfig(k=10, m=3, tail_quota=1)
-    chosen, weight = sample_groups(group, aug, sel, rank, r, cfg, tail)
-    off, off_w = sample_groups(group, aug, sel, rank, r, AugmentConfig(k=10, m=3), tail)  # quota 0: no change
-    assert np.array_equal(off, plain) and np.array_equal(off_w, plain_w)
-    changed = 0
-    for g in range(400):
-        mine, before = chosen[group[chosen] == g], plain[group[plain] == g]
-        assert len(mine) == 3 and len(set(aug[mine].tolist())) == 3 and tail[mine].any()
-        assert np.allclose(weight[group[chosen] == g], sel[mine] / sel[mine].sum(), atol=1e-6)
-        if tail[before].any():  # the plain draw already holds a tail candidate: nothing changes
-            assert set(mine.tolist()) == set(before.tolist())
-        else:  # the plain draw's two best keys stay, the third is a tail candidate
-            changed += 1
-            assert tail[mine].sum() == 1 and len(set(mine.tolist()) & set(before.tolist())) == 2
-    assert changed > 40  # most groups draw their top ranks: the quota had work to do
-
-
 def test_the_sampler_is_sparks_window_sampler(spark):
     """The numpy sampler draws what the Spark SQL windows it replaced drew (same hash, same keys,
     same sums in the same order): the same seed gives the same table as before the Arrow pass."""
@@ -473,34 +299,3 @@ def test_the_sampler_is_sparks_window_sampler(spark):
         got = sorted(zip(group[idx].tolist(), aug[idx].tolist(), weight.tolist(), strict=True))
         assert got == expected, sampler
 
-
-def test_calibrate_draws_items_as_often_as_they_are_clicked(augmented):
-    """augment.calibrate = 1: each strategy's augmented items move towards the click log's own
-    popularity (total variation distance to the fitted clicks' item shares falls)."""
-    from divspa.stages.augment import augmented as augmented_rows
-
-    ctx = augmented
-    clicks = ctx.read("train_examples").where(~F.col("is_val")).groupBy("item_id").count().collect()
-    share = {r.item_id: r["count"] for r in clicks}
-    total = sum(share.values())
-
-    def distance(df) -> dict[str, float]:
-        out = {}
-        for s in ("u2i", "i2i", "u2u2i"):
-            counts = {r.aug_item_id: r["count"] for r in df.where(F.col("strategy") == s).groupBy("aug_item_id").count().collect()}
-            n = sum(counts.values())
-            items = set(counts) | set(share)
-            out[s] = 0.5 * sum(abs(counts.get(v, 0) / n - share.get(v, 0) / total) for v in items)
-        return out
-
-    paper = ctx.read("augmented_positives").where(F.col("model_version") == BASE_VERSION)
-    ctx.cfg.augment.calibrate = 1.0
-    try:
-        cal = augmented_rows(ctx, BASE_VERSION).cache()
-    finally:
-        ctx.cfg.augment.calibrate = 0.0
-    before, after = distance(paper), distance(cal)
-    assert all(after[s] < before[s] for s in before), (before, after)
-    groups = cal.groupBy("user_id", "item_id", "strategy").agg(F.sum("weight").alias("w"), F.count("*").alias("n"))
-    assert groups.where(F.abs(F.col("w") - 1.0) > 1e-5).count() == 0 and groups.where("n > 3").count() == 0
-    assert groups.count() == paper.select("user_id", "item_id", "strategy").distinct().count()

@@ -148,9 +148,13 @@ def test_publish_settings_are_checked(tmp_path):
     assert load_config(None, ["publish.max_divspa_drop=null"]).publish.max_divspa_drop is None
 
 
-def test_tail_quota_is_part_of_the_draws(tmp_path):
-    with pytest.raises(ConfigError, match=r"augment\.tail_quota = 4 exceeds augment\.m = 3"):
-        load_config(write(tmp_path, "augment:\n  tail_quota: 4\n"))
-    assert load_config(write(tmp_path, "augment:\n  tail_quota: 3\n")).augment.tail_quota == 3
-    with pytest.raises(ConfigError, match=r"divspa\.beta_i2i = -0\.1 is out of range"):
-        load_config(write(tmp_path, "divspa:\n  beta_i2i: -0.1\n"))
+def test_a_retired_key_fails_with_why_and_what_instead(tmp_path):
+    """A YAML written for an option issue 41 retired must not silently run without it."""
+    with pytest.raises(ConfigError, match=r"augment\.tail_quota was retired \(issue 41.*popularity_debias"):
+        load_config(write(tmp_path, "augment:\n  tail_quota: 1\n"))
+    with pytest.raises(ConfigError, match=r"divspa\.beta_i2i was retired.*use divspa\.beta"):
+        load_config(None, ["divspa.beta_i2i=0.3"])
+    with pytest.raises(ConfigError, match=r"augment\.exclude was retired") as err:
+        load_config(write(tmp_path, "augment:\n  exclude: fit\n"))  # even at the old default
+    assert "\n" not in str(err.value)
+    assert load_config(None, ["divspa.augmented_item_grad=0.5"]).divspa.augmented_item_grad == 0.5  # kept

@@ -46,7 +46,6 @@ class TrainJob:
     epochs: int | None  # None: early stopping on validation HR (Trainer.fit)
     checkpoint: str  # where the trained model is written
     bundle: bytes = b""  # the initialised model as checkpoint bytes (filled by `train`)
-    teacher: str | None = None  # a student's teacher checkpoint (read when divspa.distill > 0)
     store: storage.StorageSettings | None = None
 
 
@@ -56,11 +55,6 @@ def trainer_for(kind: TrainerKind) -> type[Trainer]:
 
         return DivspaTrainer
     return Trainer
-
-
-def _teacher(job: TrainJob) -> dict[str, str]:
-    """The student trainer's teacher argument (the base trainer takes none)."""
-    return {"teacher": job.teacher} if job.kind == "divspa" and job.teacher else {}
 
 
 def _finish(bundle: ModelBundle, trainer: Trainer, report: TrainReport, path: str) -> None:
@@ -75,8 +69,7 @@ def train(job: TrainJob, bundle: ModelBundle) -> TrainReport:
     the trained model afterwards (read back from the checkpoint when ranks trained it)."""
     tcfg = job.cfg.train
     if tcfg.processes == 1:
-        trainer = trainer_for(job.kind)(job.cfg, bundle, job.snapshot.dataset(), job.run_id, where=job.where,
-                                        **_teacher(job))
+        trainer = trainer_for(job.kind)(job.cfg, bundle, job.snapshot.dataset(), job.run_id, where=job.where)
         report = trainer.fit(job.epochs)
         _finish(bundle, trainer, report, job.checkpoint)
         return report
@@ -121,7 +114,7 @@ def rank_main(job: TrainJob) -> dict[str, Any]:
         torch.manual_seed(job.cfg.run.seed + rank)  # dropout and any other torch draw: per rank, reproducible
         bundle = load_checkpoint(job.bundle)
         trainer = trainer_for(job.kind)(job.cfg, bundle, job.snapshot.dataset(), job.run_id, where=job.where,
-                                        shard=(rank, world), **_teacher(job))
+                                        shard=(rank, world))
         report = trainer.fit(job.epochs)
         if rank == 0:
             _finish(bundle, trainer, report, job.checkpoint)

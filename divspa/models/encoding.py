@@ -61,12 +61,6 @@ class Vocab:
         return _tokens(lists, self._item_set, width)
 
 
-def string_value_lists(lists: pa.Array, values: dict[str, float], width: int) -> torch.Tensor:
-    """A list<string> column as [rows, width] floats, each string its value (0 for others and padding)."""
-    lookup = torch.tensor([0.0, *values.values()], dtype=torch.float32)  # token 0: unknown or padding
-    return lookup[_tokens(lists, pa.array(list(values), pa.string()), width)]
-
-
 def _offsets(lists: pa.Array) -> np.ndarray:
     if isinstance(lists, pa.ChunkedArray):
         lists = lists.combine_chunks()

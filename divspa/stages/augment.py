@@ -16,9 +16,8 @@ from pyspark.sql import functions as F
 from divspa.augment import (
     ItemSide,
     augmented_rows,
-    calibrated,
     candidates,
-    excluded_clicks,
+    fitted_clicks,
     item_side,
     user_rows,
 )
@@ -36,18 +35,13 @@ def inputs(ctx: RunContext, version: str) -> tuple[DataFrame, ItemSide]:
     """One row per user with a positive (see divspa.augment.user_rows) and the broadcast items' side."""
     acfg = ctx.cfg.augment
     examples = ctx.read("train_examples")
-    positives = examples.where(~F.col("is_val")).select("user_id", "item_id").distinct()
-    seen = None if acfg.exclude == "fit" else excluded_clicks(examples, acfg.exclude)  # fit: the positives
+    positives = fitted_clicks(examples)
     nb = ctx.read("neighbours").where(F.col("model_version") == version)
-    if acfg.peer_clicks == "recent":
-        peers = ctx.read("user_histories").select("user_id", F.explode("history").alias("item_id")).distinct()
-    else:
-        peers = examples.select("user_id", "item_id").distinct()
-    by_item = positives.groupBy("item_id").agg(F.count(F.lit(1)).alias("n"))
-    item_clicks = by_item if acfg.popularity_debias or acfg.calibrate or acfg.tail_quota else None
-    users = user_rows(acfg, positives, seen, nb, peers, embeddings(ctx, "user_embeddings", "user_id", version))
-    side = item_side(acfg, embeddings(ctx, "item_embeddings", "item_id", version), nb, item_clicks)
-    return users, calibrated(acfg, users, side, by_item) if acfg.calibrate else side
+    # u2u2i: each similar user's recent clicks (their last model.history_len train clicks)
+    peers = ctx.read("user_histories").select("user_id", F.explode("history").alias("item_id")).distinct()
+    item_clicks = positives.groupBy("item_id").agg(F.count(F.lit(1)).alias("n")) if acfg.popularity_debias else None
+    users = user_rows(acfg, positives, nb, peers, embeddings(ctx, "user_embeddings", "user_id", version))
+    return users, item_side(acfg, embeddings(ctx, "item_embeddings", "item_id", version), nb, item_clicks)
 
 
 def candidate_rows(ctx: RunContext, version: str) -> DataFrame:

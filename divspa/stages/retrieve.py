@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from divspa import storage
-from divspa.augment import excluded_clicks
+from divspa.augment import fitted_clicks
 from divspa.config import RetrieveConfig
 from divspa.retrieval.index import found_share
 from divspa.retrieval.spark_knn import exact_topk_of_few, knn, prepare_corpus
@@ -49,7 +49,7 @@ def neighbours(ctx: RunContext, version: str, scratch: str, strategies: set[str]
     if "u2i" in strategies:
         item_corpus = prepare_corpus(items, rcfg, scratch, "items-u2i", seed, storage.settings(), rcfg.k,
                                      queries=users)
-        seen = (excluded_clicks(ctx.read("train_examples"), ctx.cfg.augment.exclude)
+        seen = (fitted_clicks(ctx.read("train_examples"))
                 .groupBy(F.col("user_id").alias("id")).agg(F.sort_array(F.collect_set("item_id")).alias("exclude")))
         q = users.join(seen, "id", "left").select(
             F.col("id").alias("query_id"), "vector",

@@ -14,7 +14,6 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from divspa.models.checkpoint import load_checkpoint
 from divspa.models.distributed import TrainJob, train
 from divspa.runtime import RunContext
 from divspa.stages.augment import augment
@@ -65,15 +64,11 @@ def train_student(ctx: RunContext, label: str, teacher: str, version: str) -> di
     bundle = build_bundle(ctx, version, cfg)
     if params:
         bundle.meta["tuned"] = params
-    bundle.meta.update({"teacher": teacher, "beta": cfg.divspa.beta, "strategy_betas": cfg.divspa.strategy_betas(), "mixup": cfg.divspa.mixup,
-                        "augmented_item_grads": cfg.divspa.strategy_item_grads(), "distill": cfg.divspa.distill,
+    bundle.meta.update({"teacher": teacher, "beta": cfg.divspa.beta, "mixup": cfg.divspa.mixup,
+                        "augmented_item_grad": cfg.divspa.augmented_item_grad,
                         "strategies": list(cfg.augment.strategies), "sampler": cfg.augment.sampler})
-    epochs = None
-    if cfg.divspa.student_epochs == "teacher":
-        epochs = int(load_checkpoint(checkpoint_path(ctx, teacher)).meta["best_epoch"])
-        log.info("%s: training %d epochs, the teacher's (%s) best", version, epochs, teacher)
     job = TrainJob(cfg, "divspa", ctx.warehouse.snapshot("divspa_examples"), ctx.run_id, where={"teacher": teacher},
-                   epochs=epochs, checkpoint=checkpoint_path(ctx, version), teacher=checkpoint_path(ctx, teacher))
+                   epochs=None, checkpoint=checkpoint_path(ctx, version))
     report = train(job, bundle)
     ctx.write_metrics(label, train_report_rows(version, report, cfg.train.val_k))
     return {"version": version, "teacher": teacher, "best_epoch": report.best_epoch,
