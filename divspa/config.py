@@ -1,20 +1,14 @@
-"""Typed configuration: one YAML file per job run, loaded into dataclasses.
+"""Typed configuration: the sections every job reads its settings from, and `load_config`.
 
-Every stage reads its settings from one `Config`. Loading is strict on purpose: a scheduled
-job that silently ignores a misspelt key (`trian.lr`) trains with the wrong settings for
-weeks, so unknown keys, wrong types and out-of-range values fail at start-up with an error
-naming the key and the file.
+Every stage reads its settings from one `Config`. The strict loader is divspa.typed_config
+(unknown keys, wrong types, out-of-range values fail at start-up naming the key and the file);
+the rules between sections and the retired keys are divspa.config_checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
-import re
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,17 +16,9 @@ from typing import Any, Literal
 import yaml
 
 from divspa import storage
-from divspa.errors import ConfigError
-
-
-def _opt(default: Any = None, *, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, lt: float | None = None, doc: str = "") -> Any:
-    """A dataclass field with an inclusive/exclusive numeric range checked at load time."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return field(default=default, metadata=meta)
-
+from divspa.config_checks import check, check_retired, check_run_id
+from divspa.typed_config import apply_override, build, env_overrides, read_yaml
+from divspa.typed_config import opt as _opt
 
 # ----------------------------------------------------------------------------------------------
 # Sections. Defaults are the embedded synthetic demo; conf/*.yaml override what they need.
@@ -339,37 +325,6 @@ class DivspaConfig:
     rounds: int = _opt(1, ge=1)  # rounds of self-distillation: each student teaches the next
 
 
-# Options retired on 2026-12-07 (issue 41): each was measured on ML-100K, the long-tail log and
-# the demo log and gave accuracy and diversity above the base on none (docs/BENCHMARKS.md keeps
-# the measurements). A config naming one fails with this line rather than changing meaning.
-_SAME = "the popularity discount (augment.popularity_debias) is the diversity lever that stays"
-RETIRED: dict[str, str] = {
-    "augment.u2i_skip": f"skipping the teacher's best u2i candidates widened no student; {_SAME}",
-    "augment.dedup": f"one strategy per candidate changed neither axis; {_SAME}",
-    "augment.calibrate": f"calibrating proposals to the click log widened no student (and switched tail_quota "
-                         f"off); {_SAME}",
-    "augment.tail_quota": f"the long-tail quota landed on the discount's frontier; {_SAME}",
-    "augment.peer_clicks": "u2u2i takes each similar user's recent clicks (`all` was never measured and "
-                           "collapses u2u2i into u2i on dense logs); remove the key",
-    "augment.exclude": "candidates exclude the fitted train clicks (`train` biased the students' early "
-                       "stopping); remove the key",
-    "divspa.beta_u2i": "one beta per strategy widened no student; use divspa.beta",
-    "divspa.beta_i2i": "one beta per strategy widened no student; use divspa.beta",
-    "divspa.beta_u2u2i": "one beta per strategy widened no student; use divspa.beta",
-    "divspa.augmented_item_grad_u2i": "a per-strategy item-side gradient widened no student; use "
-                                      "divspa.augmented_item_grad",
-    "divspa.augmented_item_grad_i2i": "a per-strategy item-side gradient widened no student; use "
-                                      "divspa.augmented_item_grad",
-    "divspa.augmented_item_grad_u2u2i": "a per-strategy item-side gradient widened no student; use "
-                                        "divspa.augmented_item_grad",
-    "divspa.distill": "distilling the teacher's softmax pulled the student back to the base; remove the key",
-    "divspa.distill_temperature": "distilling the teacher's softmax pulled the student back to the base; "
-                                  "remove the key",
-    "divspa.student_epochs": "students stop early on validation (the teacher's epoch count was no more "
-                             "accurate and narrower); remove the key",
-}
-
-
 @dataclass
 class EvalConfig:
     ks: list[int] = _opt([50, 100, 200])
@@ -420,252 +375,32 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------
-# Loading
+# Loading (divspa.typed_config reads and checks values; divspa.config_checks what settings imply)
 # ----------------------------------------------------------------------------------------------
 
 
 ENV_PREFIX = "DIVSPA__"  # DIVSPA__RUN__OUTPUT_DIR=s3a://b/p is run.output_dir (after YAML, before --set)
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def env_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
-    """`DIVSPA__SECTION__KEY=value` variables as `section.key=value` overrides.
-
-    A scheduler sets paths and switches per environment without editing the YAML; names are
-    case-insensitive up to a map key (spark.conf's keys keep their spelling:
-    DIVSPA__SPARK__CONF__spark.sql.shuffle.partitions=64)."""
-    environ = os.environ if environ is None else environ
-    out = []
-    for name in sorted(n for n in environ if n.upper().startswith(ENV_PREFIX)):
-        parts, tp = name[len(ENV_PREFIX):].split("__"), Config
-        for i, part in enumerate(parts):
-            hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
-            if part.lower() not in hints:
-                break
-            parts[i] = part.lower()
-            tp = _unwrap_optional(hints[part.lower()])
-        out.append(f"{'.'.join(parts)}={environ[name]}")
-    return out
-
-
-def _expand_env(value: Any, key: str, source: str) -> Any:
-    """`${VAR}` / `${VAR:-default}` in YAML strings, so secrets stay out of config files."""
-    if isinstance(value, dict):
-        return {k: _expand_env(v, f"{key}.{k}" if key else str(k), source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
-        return value
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(1) in os.environ:
-            return os.environ[m.group(1)]
-        if m.group(2) is not None:
-            return m.group(2)
-        raise ConfigError(f"{source}: {key} refers to ${{{m.group(1)}}}, which is not set in the environment")
-
-    return _ENV_REF.sub(sub, value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load `path` (YAML; `${VAR}` expanded), then `DIVSPA__...` environment overrides, then
     `--set key.sub=value` overrides, validating everything."""
-    raw: dict[str, Any] = {}
-    source = "<defaults>"
-    if path is not None:
-        source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of sections")
-        raw = _expand_env(loaded, "", source)
-    for item in env_overrides():
-        _apply_override(raw, item, "environment")
+    source = "<defaults>" if path is None else str(path)
+    raw = {} if path is None else read_yaml(path)
+    for item in env_overrides(Config, ENV_PREFIX):
+        apply_override(raw, item, Config, "environment")
     for item in overrides or []:
-        _apply_override(raw, item)
-    for key, why in RETIRED.items():
-        section, _, name = key.partition(".")
-        if isinstance(raw.get(section), dict) and name in raw[section]:
-            raise ConfigError(f"{source}: {key} was retired (issue 41, 2026-12-07): {why}")
-    cfg = _build(Config, raw, "", source)
+        apply_override(raw, item, Config)
+    check_retired(raw, source)
+    cfg = build(Config, raw, "", source)
     if cfg.run.run_id is not None:
-        _check_run_id(cfg.run.run_id, source)
+        check_run_id(cfg.run.run_id, source)
     else:
         # Today's date, read once: a run that crosses midnight UTC keeps one run id (and so one
         # set of partitions and one model folder) for all its stages.
         cfg.run.run_id = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    if cfg.augment.k > cfg.retrieve.k:
-        raise ConfigError(f"{source}: augment.k = {cfg.augment.k} exceeds retrieve.k = {cfg.retrieve.k}: "
-                          "the teacher can only keep candidates that retrieval found")
-    if cfg.train.num_negatives == 0 and not cfg.train.in_batch_negatives:
-        raise ConfigError(f"{source}: train.num_negatives = 0 leaves no negatives: set train.in_batch_negatives=true "
-                          "(the batch's positives as negatives) or sample some")
-    if cfg.augment.m > cfg.augment.k:
-        raise ConfigError(f"{source}: augment.m = {cfg.augment.m} exceeds augment.k = {cfg.augment.k}")
-    if cfg.model.arch == "autoint" and cfg.model.embedding_dim % cfg.model.attention_heads:
-        raise ConfigError(f"{source}: model.embedding_dim = {cfg.model.embedding_dim} is not divisible by "
-                          f"model.attention_heads = {cfg.model.attention_heads}")
-    if cfg.publish.k not in cfg.eval.ks:
-        raise ConfigError(f"{source}: publish.k = {cfg.publish.k} is not one of eval.ks = {cfg.eval.ks}: the gates "
-                          "can only read a cut-off the evaluate stage computes")
-    rows_range = cfg.publish.augmented_rows_range
-    if rows_range is not None and (len(rows_range) != 2 or not 0 <= rows_range[0] <= rows_range[1]):
-        raise ConfigError(f"{source}: publish.augmented_rows_range = {rows_range} must be [low, high] with "
-                          "0 <= low <= high")
-    if cfg.split.mode == "per_user" and cfg.split.cut_time:
-        raise ConfigError(f"{source}: split.cut_time sets a global cut; it has no meaning with split.mode = per_user")
+    check(cfg, source)
     return cfg
-
-
-def _check_run_id(run_id: str, source: str) -> None:
-    # Run ids become partition values and directory names: keep them path- and SQL-safe.
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-    if not run_id or set(run_id) - allowed:
-        raise ConfigError(f"{source}: run.run_id {run_id!r} may only hold letters, digits, '-', '_' and '.'")
-
-
-def _apply_override(raw: dict[str, Any], item: str, origin: str = "--set") -> None:
-    if "=" not in item:
-        raise ConfigError(f"{origin} {item!r}: expected key.sub=value")
-    key, _, value_text = item.partition("=")
-    parts = key.strip().split(".")
-    if any(not p for p in parts):
-        raise ConfigError(f"{origin} {item!r}: malformed key {key!r}")
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin} {item!r}: value is not valid YAML: {exc}") from exc
-    # Walk the dataclass types alongside the key: inside a dict-typed field (spark.conf) the rest
-    # of the key is one map key, dots included (spark.conf.spark.sql.foo=1).
-    tp: Any = Config
-    for i, p in enumerate(parts):
-        if typing.get_origin(tp) is dict:
-            parts = parts[:i] + [".".join(parts[i:])]
-            break
-        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
-        tp = _unwrap_optional(hints.get(p))
-    node = raw
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{origin} {item!r}: {p!r} is not a section")
-        node = nxt
-    node[parts[-1]] = value
-
-
-def _unwrap_optional(tp: Any) -> Any:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return tp
-
-
-def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
-    where = prefix.rstrip(".") or "<top level>"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {prefix}{unknown[0]!s} (known keys in {where}: {', '.join(sorted(fields))})"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = f"{prefix}{name}"
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{source}: missing required key {key}")
-            continue
-        value = _convert(hints[name], data[name], key, source)
-        _check_range(f, value, key, source)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _check_range(f: dataclasses.Field, value: Any, key: str, source: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return
-    m = f.metadata
-    checks = [("ge", lambda b: value >= b, ">="), ("gt", lambda b: value > b, ">"),
-              ("le", lambda b: value <= b, "<="), ("lt", lambda b: value < b, "<")]
-    for name, ok, sym in checks:
-        bound = m.get(name)
-        if bound is not None and not ok(bound):
-            raise ConfigError(f"{source}: {key} = {value!r} is out of range: must be {sym} {bound}")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{source}: {key} must not be null")
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(arg, value, key, source)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        expected = " or ".join(_type_name(a) for a in args if a is not type(None))
-        raise ConfigError(f"{source}: {key} = {value!r} has the wrong type: expected {expected}")
-    if value is None:
-        raise ConfigError(f"{source}: {key} must not be null (expected {_type_name(tp)})")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{source}: {key} = {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key} must be a list, got {type(value).__name__}")
-        return [_convert(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key} must be a mapping, got {type(value).__name__}")
-        if args[1] is str:  # spark.conf: YAML's true / 4 / 0.5 are Spark's "true" / "4" / "0.5"
-            value = {k: (str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v)
-                     for k, v in value.items()}
-        return {str(k): _convert(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, f"{key}.", source)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {key} = {value!r} must be true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key} = {value!r} must be an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {key} = {value!r} must be a number")
-        return float(value)
-    if tp is str:
-        if isinstance(value, (dt.date, dt.datetime)):
-            return value.isoformat()  # YAML turns 2026-01-01 into a date; keep it as text
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)  # YAML reads a run id like 20261122 as a number
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: {key} = {value!r} must be a string")
-        return value
-    raise ConfigError(f"{source}: {key}: unsupported config type {tp!r}")  # pragma: no cover
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

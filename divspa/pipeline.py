@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from divspa.config import ConfigError
+from divspa.errors import ConfigError
 from divspa.runtime import RunContext
 from divspa.stages import BY_NAME, STAGES, Stage
 

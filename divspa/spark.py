@@ -17,7 +17,8 @@ from pyspark.sql import SparkSession
 
 from divspa import jars as jarlib
 from divspa import storage
-from divspa.config import ConfigError, SparkConfig
+from divspa.config import SparkConfig
+from divspa.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

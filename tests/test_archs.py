@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from divspa.config import ConfigError, load_config
+from divspa.config import load_config
+from divspa.errors import ConfigError
 from divspa.models.checkpoint import load_checkpoint
 from divspa.models.towers import ARCHS, TwoTower, UserInputs
 from divspa.pipeline import BY_NAME, STAGES, run_pipeline

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from divspa.config import ConfigError, dump_config, load_config
+from divspa.config import dump_config, load_config
+from divspa.errors import ConfigError
 
 
 def write(tmp_path, text: str):
