@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyspark.sql import functions as F  # noqa: E402
 
 from benchmarks.scale import rung_config  # noqa: E402
-from divspa.augment import augment_batches  # noqa: E402
+from divspa.augmentation.job import augment_batches  # noqa: E402
 from divspa.runtime import RunContext  # noqa: E402
 from divspa.stages import augment as stage  # noqa: E402
 from divspa.stages.train_base import BASE_VERSION  # noqa: E402

@@ -5,7 +5,7 @@
 
 One step is what `Trainer.batch_loss` does per batch at the paper's settings (batch 256, 200
 shared negatives, 20 history items, embedding 32): towers forward, sampled softmax, backward, the
-optimiser from `divspa.models.trainer.make_optimizer`. Random indices stand in for a batch (the
+optimiser from `divspa.models.optimizers.make_optimizer`. Random indices stand in for a batch (the
 cost does not depend on which items). With dense gradients every step touches every row of
 every table; with `train.sparse_embeddings` (CatchUpAdam) only the rows in the batch, which the
 lookups of the next steps bring up to date. The per-epoch flush of the rows a run has not looked
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from divspa.config import load_config  # noqa: E402
 from divspa.models.layers import UserInputs  # noqa: E402
 from divspa.models.loss import sampled_softmax_loss  # noqa: E402
+from divspa.models.optimizers import make_optimizer  # noqa: E402
 from divspa.models.towers import TwoTower  # noqa: E402
-from divspa.models.trainer import make_optimizer  # noqa: E402
 
 
 def step_ms(items: int, sparse: bool, arch: str, steps: int, seed: int = 0) -> float:

@@ -72,7 +72,7 @@ def register_tables(wh: Any, run_id: str | None = None) -> list[str]:
             wh.read(name, where={"run_id": run_id}).createOrReplaceTempView(name)
         elif wh.native and catalog_ok:
             # An external table over the existing Delta location: registering commits nothing.
-            location = wh._spark_uri(name).replace("'", "\\'")
+            location = wh.loc.spark_uri(name).replace("'", "\\'")
             wh.spark.catalog.dropTempView(name)
             wh.spark.sql(f"DROP TABLE IF EXISTS `{name}`")
             wh.spark.sql(f"CREATE TABLE `{name}` USING delta LOCATION '{location}'")

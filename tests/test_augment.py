@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from divspa.augment import beta_rank_probs, sample_groups
+from divspa.augmentation.sampling import beta_rank_probs, sample_groups
 from divspa.config import AugmentConfig
 from divspa.models.checkpoint import load_checkpoint
 from divspa.stages.train_base import BASE_VERSION, checkpoint_path

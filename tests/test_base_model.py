@@ -107,7 +107,8 @@ def test_sparse_embedding_gradients_train(trained):
     Adam; the model learns, reproducibly, and the padding row never moves."""
     import copy
 
-    from divspa.models.trainer import Optimizers, Trainer
+    from divspa.models.optimizers import Optimizers
+    from divspa.models.trainer import Trainer
     from divspa.stages.train_base import build_bundle
 
     ctx = trained

@@ -8,7 +8,7 @@ from torch import nn
 
 from divspa.config import load_config
 from divspa.models.catchup_adam import CatchUpAdam
-from divspa.models.trainer import make_optimizer
+from divspa.models.optimizers import make_optimizer
 
 ROWS, DIM = 300, 8
 

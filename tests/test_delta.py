@@ -12,7 +12,8 @@ from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from divspa.delta import STAGING_DIR, DeltaWriteError, Txn, Warehouse
+from divspa.delta import STAGING_DIR, Txn, Warehouse
+from divspa.errors import DeltaWriteError
 from divspa.schemas import SchemaError, load_schema, table_names
 from tests.conftest import require_native
 

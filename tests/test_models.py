@@ -10,7 +10,8 @@ import torch
 
 from divspa.models.encoding import Vocab
 from divspa.models.evaluate import evaluate, gini, popularity_scorer
-from divspa.models.loss import NegativeSampler, sampled_softmax_loss
+from divspa.models.loss import sampled_softmax_loss
+from divspa.models.negatives import NegativeSampler
 
 
 def vocab() -> Vocab:

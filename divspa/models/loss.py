@@ -1,4 +1,4 @@
-"""Sampled softmax (paper Eq. 1) and its negative samplers.
+"""Sampled softmax (paper Eq. 1); the negatives it is given come from divspa.models.negatives.
 
 L_ori(u, v+) = -log( exp(w u.v+) / (exp(w u.v+) + sum_j exp(w u.v_j-)) ) over n negatives drawn
 once per batch and shared by every row. The positive may be a [B, P] block of positives per row
@@ -62,33 +62,3 @@ def _shared_negatives_loss(pos_logit: torch.Tensor, neg_logit: torch.Tensor, pos
     pos_shifted = pos_logit - shift
     lse = torch.log(torch.exp(pos_shifted.double()) + negatives).to(pos_logit.dtype)
     return lse - pos_shifted
-
-
-class NegativeSampler:
-    """Draws item indices 1..num_items, uniformly or by popularity^power, from a seeded generator."""
-
-    def __init__(self, counts: torch.Tensor, kind: str, power: float, seed: int) -> None:
-        # counts[i] = train clicks of item index i + 1
-        if kind == "uniform":
-            probs = torch.ones(len(counts), dtype=torch.float64)
-        else:
-            probs = counts.to(torch.float64).clamp_min(1.0) ** power
-        self.probs = (probs / probs.sum()).to(torch.float32)
-        self.uniform = kind == "uniform"
-        self.logq_table = torch.cat([torch.zeros(1), torch.log(self.probs)])  # index 0 = padding
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def sample(self, n: int) -> torch.Tensor:
-        if self.uniform:
-            return torch.randint(1, len(self.probs) + 1, (n,), generator=self.generator)
-        return torch.multinomial(self.probs, n, replacement=True, generator=self.generator) + 1
-
-    def logq(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.logq_table[idx]
-
-    def mixture_logq_table(self, sampled: int, in_batch: int, popularity: torch.Tensor) -> torch.Tensor:
-        """log q of one negative slot when `sampled` slots come from this sampler and `in_batch`
-        from the batch's positives (drawn ~ `popularity`, index 0 = padding)."""
-        q = torch.cat([torch.zeros(1), self.probs.double()])
-        mixed = (sampled * q + in_batch * popularity.double()) / max(sampled + in_batch, 1)
-        return torch.log(mixed.clamp_min(1e-30)).to(torch.float32)

@@ -13,14 +13,8 @@ from typing import Any
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from divspa.augment import (
-    ItemSide,
-    augmented_rows,
-    candidates,
-    fitted_clicks,
-    item_side,
-    user_rows,
-)
+from divspa.augmentation.items import ItemSide, item_side
+from divspa.augmentation.job import augmented_rows, candidates, fitted_clicks, user_rows
 from divspa.runtime import RunContext
 from divspa.spark import session_conf
 from divspa.stages.retrieve import embeddings
@@ -32,7 +26,7 @@ QUANTILES = (0.1, 0.5, 0.9)
 
 
 def inputs(ctx: RunContext, version: str) -> tuple[DataFrame, ItemSide]:
-    """One row per user with a positive (see divspa.augment.user_rows) and the broadcast items' side."""
+    """One row per user with a positive (see divspa.augmentation.job.user_rows) and the broadcast items' side."""
     acfg = ctx.cfg.augment
     examples = ctx.read("train_examples")
     positives = fitted_clicks(examples)
@@ -45,7 +39,7 @@ def inputs(ctx: RunContext, version: str) -> tuple[DataFrame, ItemSide]:
 
 
 def candidate_rows(ctx: RunContext, version: str) -> DataFrame:
-    """Every positive's ranked candidates per strategy, before sampling (see divspa.augment.candidates)."""
+    """Every positive's ranked candidates per strategy, before sampling (see divspa.augmentation.job.candidates)."""
     return candidates(ctx.cfg.augment, *inputs(ctx, version))
 
 

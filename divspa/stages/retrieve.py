@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from divspa import storage
-from divspa.augment import fitted_clicks
+from divspa.augmentation.job import fitted_clicks
 from divspa.config import RetrieveConfig
 from divspa.retrieval.index import found_share
 from divspa.retrieval.spark_knn import exact_topk_of_few, knn, prepare_corpus
