@@ -17,6 +17,7 @@ import yaml
 
 from divspa import storage
 from divspa.config_checks import check, check_retired, check_run_id
+from divspa.errors import ConfigError  # noqa: F401 (importable from here, as it always was)
 from divspa.typed_config import apply_override, build, env_overrides, read_yaml
 from divspa.typed_config import opt as _opt
 

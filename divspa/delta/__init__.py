@@ -41,7 +41,7 @@ from divspa.schemas import load_schema
 from divspa.snapshot import Snapshot
 from divspa.spark import delta_spark_available
 
-__all__ = ["STAGING_DIR", "Txn", "Warehouse", "WriteResult"]
+__all__ = ["STAGING_DIR", "DeltaWriteError", "Txn", "Warehouse", "WriteResult"]
 log = logging.getLogger(__name__)
 
 
