@@ -11,6 +11,7 @@ import pytest
 from divspa.cli import main
 from divspa.delta import Warehouse
 from tests.browser import assert_page_fits, find_browser
+from tests.conftest import REPO
 
 TINY = ["synthetic.num_users=300", "synthetic.num_items=120", "synthetic.mean_clicks_per_user=12",
         "synthetic.partitions=2", "spark.master=local[2]", "spark.shuffle_partitions=4", "train.epochs=2",
@@ -161,9 +162,24 @@ def test_metadata_commands_need_no_jvm_and_no_torch(trained):
     assert res.returncode == 1 and "run 'never-ran' has no evaluated figures" in res.stderr, res.stderr
 
 
-def test_job_entry_point_is_thin_and_works():
-    out = subprocess.run([sys.executable, "jobs/ingest.py", "--help"], capture_output=True, text=True, check=True)
-    assert "--conf" in out.stdout
+def test_every_stage_has_a_thin_spark_submit_entry_point(capsys, monkeypatch):
+    """jobs/<file>.py is what spark-submit runs: each hands its arguments to the one CLI under
+    its stage's name, and every stage (and the whole pipeline) has one."""
+    import runpy
+
+    from divspa.stages import STAGES
+
+    commands = {}
+    for job in sorted((REPO / "jobs").glob("*.py")):
+        monkeypatch.setattr(sys, "argv", [str(job), "--help"])
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(str(job), run_name="__main__")
+        usage = capsys.readouterr().out
+        assert done.value.code == 0 and usage.startswith("usage: divspa "), (job.name, usage[:200])
+        commands[job.name] = usage.split()[2]
+        assert "--conf" in usage and "--set" in usage
+    assert set(commands.values()) == {s.name for s in STAGES} | {"run"}
+    subprocess.run([sys.executable, "jobs/ingest.py", "--help"], capture_output=True, text=True, check=True)
 
 
 def test_version_and_python_dash_m(capsys):

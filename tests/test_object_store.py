@@ -31,7 +31,6 @@ def _rs_options(s3) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
 
 
-@pytest.mark.slow
 def test_full_pipeline_on_s3a(spark, s3, tmp_path, monkeypatch, capsys):
     require_native()  # Spark reaches s3a:// through hadoop-aws, fetched with delta-spark
     monkeypatch.chdir(tmp_path)  # a pathlib slip would create ./s3a:/... here
