@@ -286,7 +286,7 @@ def _report(wh: Warehouse, args: argparse.Namespace) -> int:
     from divspa.report import write_report
 
     run_id = runs.resolve_run(runs.records(wh), args.run, wh.root)
-    evaluated = wh.exists("metrics") and wh.snapshot("metrics").dataset().count_rows(
+    evaluated = wh.exists("metrics") and wh.dataset("metrics").count_rows(
         filter=(pc.field("run_id") == run_id) & (pc.field("stage") == "evaluate")) > 0
     if not evaluated:
         print(f"divspa: run {run_id!r} has no evaluated figures under {wh.root} (stage evaluate writes them; "

@@ -34,7 +34,7 @@ COUNTS = ("distinct_items", "rows", "positives", "distinct_aug_items", "best_epo
 def _rows(wh: Warehouse, table: str, where: pc.Expression, columns: list[str] | None = None) -> list[dict[str, Any]]:
     if not wh.exists(table):
         return []
-    return wh.snapshot(table).dataset().to_table(columns=columns, filter=where).to_pylist()
+    return wh.dataset(table).to_table(columns=columns, filter=where).to_pylist()
 
 
 def _histograms(wh: Warehouse, run_id: str, teacher: str, strategies: list[str]) -> dict[str, tuple]:
@@ -43,7 +43,7 @@ def _histograms(wh: Warehouse, run_id: str, teacher: str, strategies: list[str])
     ranges = {"score": (-1.0, 1.0), "weight": (0.0, 1.0)}
     counts = {col: {s: np.zeros(BINS) for s in strategies} for col in ranges}
     where = (pc.field("run_id") == run_id) & (pc.field("model_version") == teacher)
-    scanner = wh.snapshot("augmented_positives").dataset().scanner(columns=["strategy", "score", "weight"],
+    scanner = wh.dataset("augmented_positives").scanner(columns=["strategy", "score", "weight"],
                                                                     filter=where)
     for batch in scanner.to_batches():
         if batch.num_rows == 0:
@@ -248,7 +248,7 @@ def _held(wh: Warehouse, run_id: str) -> str:
         if not wh.exists(table):
             continue
         rows: dict[str, int] = {}
-        for frag in wh.snapshot(table).dataset().get_fragments(filter=pc.field("run_id") == run_id):
+        for frag in wh.dataset(table).get_fragments(filter=pc.field("run_id") == run_id):
             version = str(pads.get_partition_keys(frag.partition_expression)["model_version"])
             rows[version] = rows.get(version, 0) + frag.count_rows()
         held += [[table, v, fmt(n, "count")] for v, n in sorted(rows.items())]

@@ -7,6 +7,7 @@ always measures; elsewhere the tests that need it skip and say why.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -60,8 +61,7 @@ def measure(page: Path, tmp: Path) -> dict:
                           probe.as_uri()], capture_output=True, text=True, timeout=120)
     found = re.search(r'<pre id="divspa-measure">(.*?)</pre>', res.stdout, re.S)
     assert found, f"the page was not measured (rc {res.returncode}): {res.stderr[-2000:]}"
-    return json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
-                      .replace("&quot;", '"'))
+    return json.loads(html.unescape(found.group(1)))
 
 
 def assert_page_fits(page: Path, tmp: Path, min_charts: int) -> dict:
