@@ -72,7 +72,7 @@ VARIANTS: dict[str, dict] = {
     "aug_item_grad_0.25": {"augmented_item_grad": 0.25},
     # Eq. 2's accuracy with what widened Eq. 3 (stop 35): no item-side gradient, a popularity
     # discount. (Variants of options retired by issue 41 are in git history before 2026-12-07's
-    # retirement commit, with their figures in docs/BENCHMARKS.md.)
+    # retirement commit, with their figures in docs/benchmarks/history.md.)
     "mixup_representation_no_aug_item_grad": {"mixup": "representation", "augmented_item_grad": 0.0},
     "mixup_representation_debias_0.5": {"mixup": "representation", "debias": 0.5},
     # The paper's own knobs: k candidates kept per strategy (default 20, at most retrieve.k) and m

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the sections are divspa.config's, which runs these checks
     from divspa.config import Config
 
 # Options retired on 2026-12-07 (issue 41): each was measured on ML-100K, the long-tail log and
-# the demo log and gave accuracy and diversity above the base on none (docs/BENCHMARKS.md keeps
+# the demo log and gave accuracy and diversity above the base on none (docs/benchmarks/history.md keeps
 # the measurements). A config naming one fails with this line rather than changing meaning.
 _SAME = "the popularity discount (augment.popularity_debias) is the diversity lever that stays"
 RETIRED: dict[str, str] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -83,6 +84,20 @@ def rerun(ctx, name: str) -> dict | None:
         return run_stage(ctx, BY_NAME[name])
     finally:
         ctx.force = False
+
+
+@contextlib.contextmanager
+def overridden(obj, **values):
+    """`obj`'s attributes set to `values` for the block and restored after it, even when it fails:
+    the suite's run (`trained`) is shared, so no test may leave its settings changed."""
+    old = {name: getattr(obj, name) for name in values}
+    for name, value in values.items():
+        setattr(obj, name, value)
+    try:
+        yield obj
+    finally:
+        for name, value in old.items():
+            setattr(obj, name, value)
 
 
 def require_native() -> None:

@@ -46,23 +46,27 @@ def test_towers_give_unit_vectors_of_the_documented_size_and_ignore_padding(arch
     assert not torch.allclose(u[0], u[1])
 
 
-def test_fm_towers_split_fms_score_exactly():
-    """u.v before normalisation is FM's score over the union of both sides' fields (Rendle 2010)."""
-    model = _model("fm")
+@pytest.mark.parametrize("arch", ["fm", "deepfm"])
+def test_fm_towers_split_fms_score_exactly(arch):
+    """u.v before normalisation is FM's score over the union of both sides' fields (Rendle 2010);
+    DeepFM's is that plus the dot product of its two DNN parts (Guo et al. 2017)."""
+    model = _model(arch)
     items = torch.arange(1, 11)
     with torch.no_grad():
         ue, um, ul = model.user_tower.fields(USERS)
         ie, im, il = model.item_tower.fields(items)
-        raw = model.user_tower.head(ue, um, ul) @ model.item_tower.head(ie, im, il).T
+        u, v = model.user_tower.head(ue, um, ul), model.item_tower.head(ie, im, il)
+        raw, deep = u @ v.T, u[:, EMB + 2:] @ v[:, EMB + 2:].T  # deep: (3, 10) zeros for fm
         for b in range(3):
             for j in range(10):
                 e = torch.cat([ue[b][um[b]], ie[j][im[j]]])
                 fm = 0.5 * (e.sum(0).pow(2).sum() - e.pow(2).sum()) + ul[b] + il[j]
-                assert float(raw[b, j]) == pytest.approx(float(fm), rel=1e-5, abs=1e-6)
+                assert float(raw[b, j]) == pytest.approx(float(fm + deep[b, j]), rel=1e-5, abs=1e-6)
 
 
 def test_every_arch_trains_the_same_objective():
-    """One sampled-softmax step lowers the loss for each arch: the trainer needs no branch per arch."""
+    """The one sampled-softmax objective reaches every parameter of each arch and lowers its loss:
+    the trainer needs no branch per arch, and no part of an arch is left untrained."""
     from divspa.models.loss import sampled_softmax_loss
 
     for arch in ARCHS:
@@ -75,6 +79,8 @@ def test_every_arch_trains_the_same_objective():
                                         pos, neg, model.omega).mean()
             opt.zero_grad()
             loss.backward()
+            untrained = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+            assert not untrained, (arch, untrained)
             opt.step()
             losses.append(loss.item())
         assert losses[-1] < losses[0], arch

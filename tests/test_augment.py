@@ -12,7 +12,7 @@ from divspa.config import AugmentConfig
 from divspa.models.checkpoint import load_checkpoint
 from divspa.stages.train_base import BASE_VERSION, checkpoint_path
 from divspa.stages.train_divspa import train_student
-from tests.conftest import rerun
+from tests.conftest import overridden, rerun
 
 
 @pytest.fixture(scope="module")
@@ -101,19 +101,14 @@ def test_table_is_identical_with_1_3_and_8_partitions(augmented):
     plan = [("native", 1), ("embedded", 3), ("native", 8)] if original.native else \
         [("embedded", 1), ("embedded", 3), ("embedded", 8)]
     session_shuffle = ctx.spark.conf.get("spark.sql.shuffle.partitions")
-    try:
-        for mode, parts in plan:
-            ctx.warehouse = Warehouse(ctx.spark, original.root, native=mode == "native")
-            ctx.cfg.retrieve.partitions = parts
-            ctx.cfg.augment.partitions = parts
+    for mode, parts in plan:
+        with overridden(ctx, warehouse=Warehouse(ctx.spark, original.root, native=mode == "native")), \
+                overridden(ctx.cfg.retrieve, partitions=parts), overridden(ctx.cfg.augment, partitions=parts):
             rerun(ctx, "retrieve")
             rerun(ctx, "augment")
             results.append(rows(ctx))
-            # augment.partitions holds for the stage only: later stages see the session's setting
-            assert ctx.spark.conf.get("spark.sql.shuffle.partitions") == session_shuffle
-    finally:
-        ctx.warehouse = original
-        ctx.cfg.retrieve.partitions = ctx.cfg.augment.partitions = 0
+        # augment.partitions holds for the stage only: later stages see the session's setting
+        assert ctx.spark.conf.get("spark.sql.shuffle.partitions") == session_shuffle
     assert results[0] and all(r == results[0] for r in results)
 
 
@@ -124,11 +119,8 @@ def test_popularity_debias_moves_candidates_to_the_long_tail(augmented):
     clicks = ctx.read("train_examples").where(~F.col("is_val")).groupBy(F.col("item_id").alias("aug_item_id")).agg(
         F.count(F.lit(1)).alias("n"))
     default = augmented_rows(ctx, BASE_VERSION).cache()
-    try:
-        ctx.cfg.augment.popularity_debias = 1.0
+    with overridden(ctx.cfg.augment, popularity_debias=1.0):
         debiased = augmented_rows(ctx, BASE_VERSION).cache()
-    finally:
-        ctx.cfg.augment.popularity_debias = 0.0
     # The table written with g = 0 is the configured rule, unchanged by the option's existence.
     written = ctx.read("augmented_positives").where(F.col("model_version") == BASE_VERSION)
     assert sorted(map(tuple, default.collect())) == sorted(map(tuple, written.select(*default.columns).collect()))
@@ -158,12 +150,9 @@ def test_candidates_exclude_the_fitted_clicks_not_the_validation_slice(augmented
 def test_rank_by_neighbour_uses_each_strategys_own_similarity(augmented):
     from divspa.stages.augment import candidate_rows
 
-    ctx, acfg = augmented, augmented.cfg.augment
-    acfg.rank_by = "neighbour"
-    try:
+    ctx = augmented
+    with overridden(ctx.cfg.augment, rank_by="neighbour"):
         rows = candidate_rows(ctx, BASE_VERSION).collect()
-    finally:
-        acfg.rank_by = "teacher"
     nb = ctx.read("neighbours").where(F.col("model_version") == BASE_VERSION).collect()
     sim = {(r.strategy, r.query_id, r.neighbour_id): r.score for r in nb}
     clicked: dict[int, set[int]] = {}
@@ -193,13 +182,10 @@ def test_rank_by_neighbour_uses_each_strategys_own_similarity(augmented):
 
 def test_ablation_switches_strategies_off(augmented):
     ctx = augmented
-    ctx.cfg.augment.strategies = ["i2i"]
-    try:
+    with overridden(ctx.cfg.augment, strategies=["i2i"]):
         rerun(ctx, "augment")
         assert {r[0] for r in ctx.read("augmented_positives").select("strategy").distinct().collect()} == {"i2i"}
-    finally:
-        ctx.cfg.augment.strategies = ["u2i", "i2i", "u2u2i"]
-        rerun(ctx, "augment")
+    rerun(ctx, "augment")
 
 
 def test_student_without_strategies_is_the_base_model(augmented):
@@ -209,11 +195,8 @@ def test_student_without_strategies_is_the_base_model(augmented):
     base = load_checkpoint(checkpoint_path(ctx, BASE_VERSION)).model.state_dict()
     students = {}
     for name, strategies in (("wo-all", []), ("all", ["u2i", "i2i", "u2u2i"])):
-        ctx.cfg.augment.strategies = strategies
-        try:
+        with overridden(ctx.cfg.augment, strategies=strategies):
             train_student(ctx, f"test.{name}", BASE_VERSION, f"test-{name}")
-        finally:
-            ctx.cfg.augment.strategies = ["u2i", "i2i", "u2u2i"]
         students[name] = load_checkpoint(checkpoint_path(ctx, f"test-{name}")).model.state_dict()
     assert base.keys() == students["wo-all"].keys()
     assert all(torch.equal(base[k], students["wo-all"][k]) for k in base)

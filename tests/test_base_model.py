@@ -13,7 +13,7 @@ from divspa.errors import ConfigError
 from divspa.models.checkpoint import load_checkpoint
 from divspa.pipeline import BY_NAME, run_stage
 from divspa.stages.train_base import BASE_VERSION, checkpoint_path
-from tests.conftest import assert_export_matches, rerun
+from tests.conftest import assert_export_matches, overridden, rerun
 
 
 def test_history_is_strictly_before_the_event(trained):
@@ -42,10 +42,9 @@ def test_user_histories_exclude_train_items_from_test(trained):
 
 @pytest.mark.parametrize("partitions", [1, 4])
 def test_spark_export_equals_in_process_vectors(trained, partitions):
-    ctx = trained
-    ctx.cfg.export.partitions = partitions
-    rerun(ctx, "export")
-    assert_export_matches(ctx, BASE_VERSION)
+    with overridden(trained.cfg.export, partitions=partitions):
+        rerun(trained, "export")
+    assert_export_matches(trained, BASE_VERSION)
 
 
 def test_training_is_reproducible(trained, spark):

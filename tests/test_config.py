@@ -159,3 +159,18 @@ def test_a_retired_key_fails_with_why_and_what_instead(tmp_path):
         load_config(write(tmp_path, "augment:\n  exclude: fit\n"))  # even at the old default
     assert "\n" not in str(err.value)
     assert load_config(None, ["divspa.augmented_item_grad=0.5"]).divspa.augmented_item_grad == 0.5  # kept
+
+
+def test_options_page_is_the_configs_own_docs():
+    """docs/OPTIONS.md is generated from divspa/config.py's comments: a changed option must regenerate it."""
+    from divspa.options import _headings, _link, options_markdown
+    from tests.conftest import REPO
+
+    assert (REPO / "docs" / "OPTIONS.md").read_text() == options_markdown(), \
+        "docs/OPTIONS.md is stale: python -m divspa.options > docs/OPTIONS.md"
+    page = options_markdown()
+    assert "| `augment.popularity_debias` | `0.0` | ≥ 0 | beyond |" in page
+    assert "| `augment.m` | `3` | ≥ 1 | paper: m = 3 |" in page
+    assert "(benchmarks/history.md#" in page  # section names became links
+    with pytest.raises(ValueError, match="No such section"):
+        _link("No such section", _headings())

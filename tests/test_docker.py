@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -81,6 +84,15 @@ def test_compose_services_use_the_image_and_known_roles():
     assert len(workers) >= 2
 
 
-@pytest.mark.parametrize("script", ["docker/entrypoint.sh", "dev.sh"])
-def test_shell_scripts_parse(script):
-    assert subprocess.run(["bash", "-n", str(REPO / script)]).returncode == 0
+def test_dev_sh_setup_is_idempotent_and_refuses_unknown_commands():
+    """`./dev.sh demo` and `./dev.sh test` set up first: on a set-up venv that must install nothing."""
+    venv = Path(sys.prefix)
+    spec = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + (REPO / "constraints.txt").read_bytes())
+    if not (venv / f".divspa-installed-{spec.hexdigest()[:16]}").exists():
+        pytest.skip(f"{venv} was not set up by ./dev.sh for this dependency spec")
+    env = dict(os.environ, DIVSPA_VENV=str(venv))
+    setup = subprocess.run(["bash", str(REPO / "dev.sh"), "setup"], capture_output=True, text=True, env=env)
+    assert setup.returncode == 0, setup.stderr
+    assert "installing" not in setup.stderr and "fetching" not in setup.stderr, setup.stderr
+    unknown = subprocess.run(["bash", str(REPO / "dev.sh"), "deploy"], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and unknown.stderr.startswith("usage: ./dev.sh {demo|test|"), unknown.stderr

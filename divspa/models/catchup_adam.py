@@ -4,7 +4,7 @@ Dense Adam moves every row of a table at every step: a row the batch did not nam
 gradient, but its moments decay and it keeps sliding along its old update direction. So a step
 costs O(vocabulary) (at 420k items ~364 ms of a 377 ms step, benchmarks/vocabulary.py). Lazy
 Adam (torch's SparseAdam) skips those rows and so trains a different model: on ML-100K it cost
-the DivSPA student its significant gain over base (docs/BENCHMARKS.md, "What lazy Adam does to
+the DivSPA student its significant gain over base (docs/benchmarks/history.md, "What lazy Adam does to
 the models").
 
 `CatchUpAdam` defers the zero-gradient steps instead of dropping them. Over k skipped steps a row's

@@ -77,7 +77,7 @@ def tune_nprobe(index: faiss.IndexIVF, vectors: np.ndarray, k: int, target: floa
     itself; it would always be found).
 
     How many lists a query must visit depends on how clustered the vectors are, which a fixed
-    default cannot know: nprobe 16 gave i2i recall@50 0.79 on 18,000 items (BENCHMARKS, "Scale")."""
+    default cannot know: nprobe 16 gave i2i recall@50 0.79 on 18,000 items (docs/benchmarks/history.md, "Scale")."""
     n = len(vectors)
     # what each query's results drop: itself (self_search), else only faiss's -1 for a missing slot
     if queries is None:
@@ -110,7 +110,7 @@ def ivf_nlist(n: int, cfg: RetrieveConfig) -> int:
     vectors, then n / ivf_list_size, so that the vectors a query scans stop growing with the corpus.
     On the 2M-user rung's 1.88M user vectors, 14,704 lists of 128 (tuned nprobe 48) gave u2u
     recall@20 0.966 at 208 µs a query, 5,487 lists of 343 (nprobe 32) 0.970 at 278 µs
-    (benchmarks/u2u_index.py --lists; docs/BENCHMARKS.md)."""
+    (benchmarks/u2u_index.py --lists; docs/benchmarks/history.md)."""
     return cfg.ivf_nlist or max(1, min(max(int(4 * math.sqrt(n)), n // cfg.ivf_list_size), n // 39))
 
 

@@ -41,7 +41,7 @@ from divspa.storage import StorageSettings, is_local, join, resolve
 
 log = logging.getLogger(__name__)
 # NOT NULL as in schemas/neighbours.json: Spark then skips a null check per value when it turns
-# the Arrow batches into rows (8 % faster in benchmarks/arrow_rows.py), and the Delta guard's
+# the Arrow batches into rows (8 % faster; docs/benchmarks/history.md, "Retrieval speed and recall"), and the Delta guard's
 # null checks fold away.
 RESULT_SCHEMA = "query_id bigint not null, rank int not null, neighbour_id bigint not null, score float not null"
 _CACHE: dict[str, list[Shard]] = {}  # per Python worker: broadcast digest or shard paths -> shards
