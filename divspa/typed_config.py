@@ -44,8 +44,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from exc
     try:
         loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line: where, and what the parser expected
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from exc
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):

@@ -35,6 +35,21 @@ def spark_frames(spark, qids, queries, exclude, cids, corpus):
     return q, c
 
 
+def clustered(rng: np.random.Generator, n: int, spread: float = 0.6, centres: np.ndarray | None = None) -> np.ndarray:
+    """n unit vectors around 40 centres (shared by the calls that pass `centres`): embeddings' shape."""
+    centres = rng.normal(size=(40, 16)) if centres is None else centres
+    return normalise((centres[rng.integers(0, 40, n)] + spread * rng.normal(size=(n, 16))).astype(np.float32))
+
+
+def recall(index: faiss.Index, queries: np.ndarray, corpus: np.ndarray, k: int, itself: bool = False) -> float:
+    """recall@k of `index` against exact search; with `itself` the queries are corpus vectors and
+    the first hit (the query itself) is left out of both lists."""
+    skip = int(itself)
+    _, truth = build_index(corpus, RetrieveConfig(index="flat")).search(queries, k + skip)
+    _, got = index.search(queries, k + skip)
+    return float(np.mean([len(set(a[skip:]) & set(b[skip:])) / k for a, b in zip(got.tolist(), truth.tolist(), strict=True)]))
+
+
 # How tasks reach the corpus: broadcast (small), one memory-mapped index (over broadcast_max_mb),
 # three hash shards, each mapped and merged per query.
 CORPUS_WAYS = {"broadcast": RetrieveConfig(), "mapped": RetrieveConfig(broadcast_max_mb=0.001),
@@ -131,39 +146,25 @@ def test_approximate_indexes_have_high_recall(index):
     rng = np.random.default_rng(5)
     corpus = normalise(rng.normal(size=(5000, 16)).astype(np.float32))
     queries = normalise(rng.normal(size=(200, 16)).astype(np.float32))
-    ids = np.arange(5000, dtype=np.int64)
-    exact = Shard(build_index(corpus, RetrieveConfig(index="flat")), ids, corpus)
-    approx = Shard(build_index(corpus, RetrieveConfig(index=index, ivf_nprobe=32), seed=1), ids, corpus)
-    no_excl = [np.empty(0, np.int64)] * 200
-    _, truth, _ = search_topk([exact], queries, no_excl, 10)
-    _, found, _ = search_topk([approx], queries, no_excl, 10)
-    recall = len(set(zip(np.repeat(np.arange(200), 10), truth, strict=True))
-                 & set(zip(np.repeat(np.arange(200), 10), found, strict=True))) / len(truth)
-    assert recall > 0.9
+    approx = build_index(corpus, RetrieveConfig(index=index, ivf_nprobe=32), seed=1)
+    assert recall(approx, queries, corpus, 10) > 0.9
 
 
 def test_ivf_nprobe_is_tuned_to_the_recall_target():
-    """ivf_nprobe = 0: the index visits the fewest lists (a power of two) that reach halfway from
+    """ivf_nprobe = 0: the index visits the fewest lists (nprobe_steps) that reach halfway from
     min_recall to 1 on its own vectors; measured independently on other queries it holds up, where
     one list does not."""
     rng = np.random.default_rng(9)
     centres = rng.normal(size=(40, 16))
-    corpus = normalise((centres[rng.integers(0, 40, 8000)] + 0.6 * rng.normal(size=(8000, 16))).astype(np.float32))
-    queries = normalise((centres[rng.integers(0, 40, 300)] + 0.6 * rng.normal(size=(300, 16))).astype(np.float32))
+    corpus, queries = clustered(rng, 8000, centres=centres), clustered(rng, 300, centres=centres)
     tuned = build_index(corpus, RetrieveConfig(index="ivf", min_recall=0.95), seed=1, k=20)
     assert 1 < tuned.nprobe < tuned.nlist
-    _, truth = build_index(corpus, RetrieveConfig(index="flat")).search(queries, 20)
-
-    def recall(index) -> float:
-        _, got = index.search(queries, 20)
-        return float(np.mean([len(set(a) & set(b)) / 20 for a, b in zip(got.tolist(), truth.tolist(), strict=True)]))
-
-    assert recall(tuned) >= 0.95
+    assert recall(tuned, queries, corpus, 20) >= 0.95
     fixed = build_index(corpus, RetrieveConfig(index="ivf", ivf_nprobe=1), seed=1, k=20)
-    assert fixed.nprobe == 1 and recall(fixed) < 0.95
+    assert fixed.nprobe == 1 and recall(fixed, queries, corpus, 20) < 0.95
     # one fewer halving would have missed the target on the corpus's own vectors
     tuned.nprobe //= 2
-    assert recall(tuned) < 0.975 or tuned.nprobe == 1
+    assert recall(tuned, queries, corpus, 20) < 0.975 or tuned.nprobe == 1
 
 
 def test_query_batches_are_regrouped_in_order_and_bounded():
@@ -206,7 +207,6 @@ def test_corpus_smaller_than_k_returns_every_survivor_in_order(with_exclusions):
     assert rows.tolist() == [q for q in range(4) for _ in expected[q]]  # grouped by query, in order
     assert got.tolist() == [i for q in range(4) for i, _ in expected[q]]
     assert np.allclose(scores, [s for q in range(4) for _, s in expected[q]], atol=1e-6)
-
 
 
 def test_approximate_recall_is_measured_against_exact_search(spark, tmp_path):
@@ -281,17 +281,12 @@ def test_a_corpus_searching_itself_is_tuned_to_min_recall_without_counting_itsel
     """u2u: the queries are the corpus, so tuning aims at min_recall (plus a margin), measured on
     the neighbours other than the query itself; the result holds for the rest of the corpus."""
     rng = np.random.default_rng(4)
-    centres = rng.normal(size=(40, 16))
-    corpus = normalise((centres[rng.integers(0, 40, 8000)] + 0.6 * rng.normal(size=(8000, 16))).astype(np.float32))
+    corpus = clustered(rng, 8000)
     cfg = RetrieveConfig(index="ivf", min_recall=0.9)
     itself = build_index(corpus, cfg, seed=1, k=20, self_search=True)
     others = build_index(corpus, cfg, seed=1, k=20)
     assert itself.nprobe < others.nprobe  # 0.91 instead of 0.95
-    queries = corpus[rng.choice(8000, 300, replace=False)]
-    _, truth = build_index(corpus, RetrieveConfig(index="flat")).search(queries, 21)
-    _, got = itself.search(queries, 21)
-    recall = np.mean([len(set(a[1:]) & set(b[1:])) / 20 for a, b in zip(got.tolist(), truth.tolist(), strict=True)])
-    assert recall >= 0.9
+    assert recall(itself, corpus[rng.choice(8000, 300, replace=False)], corpus, 20, itself=True) >= 0.9
 
 
 def test_ivf_lists_stop_growing_past_the_list_size():
@@ -320,8 +315,7 @@ def test_an_ivf_of_many_lists_has_an_hnsw_quantizer_and_reaches_min_recall(monke
     what searches it, and the same results once written and memory-mapped."""
     monkeypatch.setattr(index_module, "LARGE_IVF_LISTS", 64)
     rng = np.random.default_rng(6)
-    centres = rng.normal(size=(40, 16))
-    corpus = normalise((centres[rng.integers(0, 40, 12000)] + 0.6 * rng.normal(size=(12000, 16))).astype(np.float32))
+    corpus = clustered(rng, 12000)
     cfg = RetrieveConfig(index="ivf", ivf_list_size=64, min_recall=0.9)
     index = build_index(corpus, cfg, seed=3, k=20, self_search=True)
     assert index.nlist == ivf_nlist(12000, cfg) >= 64
@@ -330,13 +324,10 @@ def test_an_ivf_of_many_lists_has_an_hnsw_quantizer_and_reaches_min_recall(monke
     again = build_index(corpus, cfg, seed=3, k=20, self_search=True)
     assert index_module.serialize(again) == index_module.serialize(index)
     queries = corpus[rng.choice(12000, 300, replace=False)]
-    _, truth = build_index(corpus, RetrieveConfig(index="flat")).search(queries, 21)
-    _, got = index.search(queries, 21)
-    recall = np.mean([len(set(a[1:]) & set(b[1:])) / 20 for a, b in zip(got.tolist(), truth.tolist(), strict=True)])
-    assert recall >= 0.9
+    assert recall(index, queries, corpus, 20, itself=True) >= 0.9
     faiss.write_index(index, str(tmp_path / "index.faiss"))
     mapped = faiss.read_index(str(tmp_path / "index.faiss"), faiss.IO_FLAG_MMAP_IFC)
-    assert mapped.nprobe == index.nprobe and (mapped.search(queries, 21)[1] == got).all()
+    assert mapped.nprobe == index.nprobe and (mapped.search(queries, 21)[1] == index.search(queries, 21)[1]).all()
 
 
 def test_an_index_tuned_on_a_sample_of_its_queries_reaches_min_recall_on_the_rest():
@@ -344,14 +335,8 @@ def test_an_index_tuned_on_a_sample_of_its_queries_reaches_min_recall_on_the_res
     the corpus vectors show, so nprobe is tuned on a sample of the queries themselves."""
     rng = np.random.default_rng(5)
     centres = rng.normal(size=(40, 16))
-    corpus = normalise((centres[rng.integers(0, 40, 8000)] + 0.6 * rng.normal(size=(8000, 16))).astype(np.float32))
-    users = normalise((centres[rng.integers(0, 40, 1000)] + 2.0 * rng.normal(size=(1000, 16))).astype(np.float32))
+    corpus, users = clustered(rng, 8000, centres=centres), clustered(rng, 1000, 2.0, centres)
     cfg = RetrieveConfig(index="ivf", min_recall=0.9)
-    _, truth = build_index(corpus, RetrieveConfig(index="flat")).search(users[500:], 20)
-
-    def recall(index: faiss.Index) -> float:
-        _, got = index.search(users[500:], 20)
-        return float(np.mean([len(set(a) & set(b)) / 20 for a, b in zip(got.tolist(), truth.tolist(), strict=True)]))
-
-    assert recall(build_index(corpus, cfg, seed=1, k=20, queries=users[:500])) >= 0.9
-    assert recall(build_index(corpus, cfg, seed=1, k=20)) < 0.85  # tuned on the corpus's vectors instead
+    assert recall(build_index(corpus, cfg, seed=1, k=20, queries=users[:500]), users[500:], corpus, 20) >= 0.9
+    # tuned on the corpus's own vectors instead
+    assert recall(build_index(corpus, cfg, seed=1, k=20), users[500:], corpus, 20) < 0.85
