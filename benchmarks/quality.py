@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py                       # 5 seeds, every variant, 2 workers
     .venv/bin/python benchmarks/quality.py --seeds 3 --variants divspa,wo_all
-    .venv/bin/python benchmarks/quality.py --archs youtubednn,fm,deepfm,autoint   # Table 1's shape
+    .venv/bin/python benchmarks/quality.py --archs youtubednn,fm,deepfm,autoint,rfm   # Table 1's shape
 
 Per seed: the pipeline up to `augment` (teacher trained with that seed; tuned first with
 `--set tune.trials=N`, and its students then train with the tuned settings), then one student per
@@ -264,11 +264,15 @@ def report(by_seed: dict[int, dict[str, dict[str, float]]], variants: list[str],
         print(f"\nbase / popularity HR@50: {np.mean(ratio):.2f}x (min {min(ratio):.2f}x over seeds)")
 
 
+# --archs names beyond model.arch: the settings that make each of the paper's other bases.
+BASES = {"rfm": ["model.arch=youtubednn", "model.ssl=rfm"]}
+
 # The paper's Table 1 (Video), for the ordering of the bases: HR@50/100/200, NDCG@50/100/200.
 PAPER_TABLE1 = {"fm": [0.2059, 0.2890, 0.3778, 0.1050, 0.1207, 0.1617],
                 "youtubednn": [0.2204, 0.3018, 0.3926, 0.1109, 0.1236, 0.1671],
                 "autoint": [0.2168, 0.3037, 0.3920, 0.1143, 0.1251, 0.1671],
                 "deepfm": [0.2238, 0.3041, 0.3951, 0.1122, 0.1243, 0.1655],
+                "rfm": [0.2254, 0.3063, 0.3979, 0.1150, 0.1285, 0.1707],
                 "divspa (youtubednn)": [0.2304, 0.3114, 0.4035, 0.1181, 0.1310, 0.1735]}
 
 
@@ -306,7 +310,7 @@ def main() -> None:
                     help="the sparse regime's cap (paper's Video: 2.2 clicks a user on average)")
     ap.add_argument("--report-from", default="", help="print the tables of an earlier run's --results file")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--archs", default="", help="comma-separated model.arch values: base and DivSPA of each "
+    ap.add_argument("--archs", default="", help="comma-separated model.arch values, or rfm (YoutubeDNN with model.ssl=rfm): base and DivSPA of each "
                     "(--variants defaults to divspa), reported in the shape of the paper's Table 1")
     args = ap.parse_args()
     if args.regime == "sparse" and not args.tasks:  # workers get these as --set already
@@ -324,7 +328,8 @@ def main() -> None:
         by_arch, out = {}, args.out
         for arch in args.archs.split(","):
             arch_args = copy.copy(args)
-            arch_args.out, arch_args.overrides = str(Path(out) / arch), [*args.overrides, f"model.arch={arch}"]
+            arch_args.out, arch_args.overrides = str(Path(out) / arch), [*args.overrides, *BASES.get(
+                arch, [f"model.arch={arch}"])]
             by_arch[arch] = run_workers(arch_args, seeds, ["divspa"]) if args.jobs > 1 else \
                 {seed: run_seed(arch_args, seed, ["divspa"], None, started)[0] for seed in seeds}
             print(f"{arch}: done [{time.perf_counter() - started:.0f}s]", flush=True)

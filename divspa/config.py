@@ -180,6 +180,18 @@ class ModelConfig:
     omega: float = _opt(10.0, gt=0)  # [paper: ω, Eq. 1] inverse temperature of the logits omega * u.v
     attention_heads: int = _opt(2, ge=1)  # [paper: AutoInt, Table 1] autoint: heads per self-attention layer (divides embedding_dim)
     attention_layers: int = _opt(2, ge=1)  # [paper: AutoInt, Table 1] autoint: interacting layers
+    # [paper: RFM, Table 1's best baseline (Yao et al. 2021)] rfm adds a self-supervised loss on
+    # the item tower: each item's fields (id and feature tokens) split at random into two disjoint
+    # halves, one masked in each of two views, and an in-batch InfoNCE asks each view to find its
+    # twin (divspa/models/rfm.py). Works with every arch; none trains exactly as without it.
+    ssl: Literal["none", "rfm"] = "none"
+    ssl_weight: float = _opt(0.1, ge=0)  # [paper: RFM's α] the SSL loss's weight beside the main loss
+    ssl_temperature: float = _opt(0.1, gt=0)  # [paper: RFM's τ] of the InfoNCE's logits
+    ssl_mask_rate: float = _opt(0.5, gt=0, lt=1)  # [paper: RFM] share of an item's fields view 1 masks
+    ssl_batch: int = _opt(256, ge=2)  # items in a step's SSL batch (catalogue)
+    # [paper: RFM draws the SSL batch from the catalogue] catalogue: distinct items uniformly, so
+    # tail items are seen; clicks: the main batch's positives.
+    ssl_items: Literal["catalogue", "clicks"] = "catalogue"
 
 
 @dataclass

@@ -92,19 +92,20 @@ def test_autoint_heads_must_divide_the_embedding(tmp_path):
                                                       "model.attention_heads=4"])
 
 
-@pytest.mark.parametrize("arch", ["fm", "deepfm", "autoint"])
-def test_divspa_pipeline_on_each_arch(spark, trained, tmp_path, arch):
-    """Teacher, export, retrieve, augment, student, the student's export and evaluation with `arch`,
-    on a copy of the suite's small run (its ingest, split and prepare are arch-independent)."""
+@pytest.mark.parametrize(("arch", "ssl"), [("fm", "none"), ("deepfm", "none"), ("autoint", "rfm")])
+def test_divspa_pipeline_on_each_arch(spark, trained, tmp_path, arch, ssl):
+    """Teacher, export, retrieve, augment, student, the student's export and evaluation with `arch`
+    (and model.ssl), on a copy of the suite's small run (ingest, split and prepare do not depend on it)."""
     out = tmp_path / "out"
     shutil.copytree(trained.cfg.run.output_dir, out)
     cfg = copy.deepcopy(trained.cfg)
-    cfg.run.output_dir, cfg.model.arch, cfg.train.epochs = str(out), arch, 1
+    cfg.run.output_dir, cfg.model.arch, cfg.model.ssl, cfg.train.epochs = str(out), arch, ssl, 1
     ctx = RunContext.start(cfg, "test", spark=spark, force=True)
     run_pipeline(ctx, [s.name for s in STAGES[STAGES.index(BY_NAME["train_base"]):]])
     final = final_version(ctx)
     for version in (BASE_VERSION, final):
-        assert load_checkpoint(checkpoint_path(ctx, version)).mcfg.arch == arch
+        mcfg = load_checkpoint(checkpoint_path(ctx, version)).mcfg
+        assert (mcfg.arch, mcfg.ssl) == (arch, ssl)  # the student trains as its teacher did
         assert_export_matches(ctx, version)  # Spark's vectors are the trained model's, teacher and student
     got = {(r["model"], r["metric"]) for r in ctx.read("metrics").where("stage = 'evaluate'").collect()}
     assert {(BASE_VERSION, "hr"), (final, "hr"), ("popularity", "hr")} <= got

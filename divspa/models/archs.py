@@ -160,15 +160,22 @@ class FieldItemTower(nn.Module):
             self.id_weights = self.token_weights = None
         self.head = _head(arch, "item", emb_dim, hidden, out_dim, heads, layers)
 
-    def fields(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(field embeddings [B, F, d], mask [B, F], first-order terms [B] or None); field 0 is the id."""
-        toks = self.item_tokens[items]
-        emb = torch.cat([self.ids(items).unsqueeze(1), self.tokens(toks)], dim=1)
-        mask = torch.cat([torch.ones_like(toks[:, :1], dtype=torch.bool), toks > 0], dim=1)
+    def fields(self, items: torch.Tensor, keep: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(field embeddings [B, F, d], mask [B, F], first-order terms [B] or None); field 0 is the id.
+        `keep` [B, F]: fields left out are absent, as padding is (RFM's views, models/rfm.py)."""
+        toks, ids = self.item_tokens[items], self.ids(items)
+        has_id = torch.ones_like(toks[:, :1], dtype=torch.bool)
+        id_weights = self.id_weights(items) if self.id_weights is not None else None
+        if keep is not None:
+            toks, has_id, ids = toks * keep[:, 1:], keep[:, :1], ids * keep[:, :1]
+            id_weights = id_weights * keep[:, :1] if id_weights is not None else None
+        emb = torch.cat([ids.unsqueeze(1), self.tokens(toks)], dim=1)
+        mask = torch.cat([has_id, toks > 0], dim=1)
         linear = None
-        if self.id_weights is not None and self.token_weights is not None:
-            linear = self.id_weights(items).squeeze(-1) + self.token_weights(toks).squeeze(-1).sum(1)
+        if id_weights is not None and self.token_weights is not None:
+            linear = id_weights.squeeze(-1) + self.token_weights(toks).squeeze(-1).sum(1)
         return emb, mask, linear
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(*self.fields(items)), dim=-1)
+    def forward(self, items: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.head(*self.fields(items, keep)), dim=-1)

@@ -68,4 +68,4 @@ class DivspaTrainer(Trainer):
         pos, aug, neg = self.item_vectors(pos_idx, aug_idx, neg_idx)
         loss = mixup_loss(user, pos, aug, neg, pos_idx, aug_idx, aug_w, neg_idx, self.model.omega, cfg.beta,
                           cfg.mixup, neg_logq, pos_logq, aug_logq, cfg.augmented_item_grad)
-        return loss.mean()
+        return self.with_ssl(loss.mean(), pos_idx)

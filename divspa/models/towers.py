@@ -51,10 +51,13 @@ class ItemTower(nn.Module):
         self.register_buffer("item_tokens", item_tokens)  # [num_items + 1, T] feature tokens per item
         self.mlp = mlp([2 * emb_dim, *hidden, out_dim])
 
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        toks = self.item_tokens[items]
+    def forward(self, items: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`keep` [B, 1 + T] (id, tokens): fields left out are absent, as padding is (models/rfm.py)."""
+        toks, ids = self.item_tokens[items], self.ids(items)
+        if keep is not None:
+            toks, ids = toks * keep[:, 1:], ids * keep[:, :1]
         feats = masked_mean(self.tokens(toks), toks)
-        return F.normalize(self.mlp(torch.cat([self.ids(items), feats], dim=-1)), dim=-1)
+        return F.normalize(self.mlp(torch.cat([ids, feats], dim=-1)), dim=-1)
 
 
 class TwoTower(nn.Module):
@@ -82,8 +85,9 @@ class TwoTower(nn.Module):
     def user_vectors(self, x: UserInputs) -> torch.Tensor:
         return self.user_tower(x)
 
-    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Vectors of the given item indices, or of every item (row i = index i + 1)."""
+    def item_vectors(self, items: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Vectors of the given item indices, or of every item (row i = index i + 1); `keep` masks
+        fields (RFM's views)."""
         if items is None:
             items = torch.arange(1, self.num_items + 1, device=self.item_tower.item_tokens.device)
-        return self.item_tower(items)
+        return self.item_tower(items) if keep is None else self.item_tower(items, keep)

@@ -1,7 +1,8 @@
 """Training loop for two-tower models: streamed batches, sampled softmax, early stopping.
 
 `Trainer.batch_loss` is the one place the objective lives; the DivSPA trainer overrides it
-(and the columns it streams) to add the mix-up term of Eq. 3, so both share the loop, the
+(and the columns it streams) to add the mix-up term of Eq. 3, and `with_ssl` adds `model.ssl`'s
+self-supervised term (models/rfm.py) to either, so both share the loop, the
 negatives (models/negatives.py), the validation (models/validation.py), the optimisers
 (models/optimizers.py), what ranks share (models/ranks.py) and the checkpoints.
 """
@@ -30,6 +31,7 @@ from divspa.models.loss import sampled_softmax_loss
 from divspa.models.negatives import BatchNegatives
 from divspa.models.optimizers import make_optimizer
 from divspa.models.ranks import from_rank0, step_fn, sum_over_ranks
+from divspa.models.rfm import RandomFeatureMasking
 from divspa.models.validation import Validation
 from divspa.reader import stream_tables
 
@@ -120,6 +122,8 @@ class Trainer:
         self.model = bundle.model.to(self.device)
         self.negatives_of = BatchNegatives(bundle.item_counts, self.tcfg, cfg.run.seed)
         self.optimizer = make_optimizer(self.model, self.tcfg)
+        self.ssl = RandomFeatureMasking(bundle.mcfg, self.model.num_items, cfg.run.seed + self.rank, self.device) \
+            if bundle.mcfg.ssl == "rfm" else None
         run = pads.field("run_id") == run_id
         for key, value in (where or {}).items():
             run = run & (pads.field(key) == value)
@@ -145,7 +149,11 @@ class Trainer:
         pos, neg = self.item_vectors(pos_idx, neg_idx)
         neg_logq, pos_logq = (logq[neg_idx], logq[pos_idx]) if logq is not None else (None, None)
         loss = sampled_softmax_loss(user, pos, neg, pos_idx, neg_idx, self.model.omega, neg_logq, pos_logq)
-        return loss.mean()
+        return self.with_ssl(loss.mean(), pos_idx)
+
+    def with_ssl(self, loss: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
+        """The batch's loss plus `model.ssl`'s term (RFM), whichever objective the loss is."""
+        return loss if self.ssl is None else loss + self.ssl.loss(self.model, pos_idx)
 
     def negatives(self, pos_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch's shared negatives, and the log q table of the logQ correction (None when off)."""
