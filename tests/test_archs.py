@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,6 +108,8 @@ def test_divspa_pipeline_on_each_arch(spark, trained, tmp_path, arch, ssl):
         mcfg = load_checkpoint(checkpoint_path(ctx, version)).mcfg
         assert (mcfg.arch, mcfg.ssl) == (arch, ssl)  # the student trains as its teacher did
         assert_export_matches(ctx, version)  # Spark's vectors are the trained model's, teacher and student
+    page = (Path(ctx.cfg.run_dir) / "report.html").read_text()
+    assert f"base model {arch}{' with RFM' if ssl == 'rfm' else ';'}" in page  # the report says what trained
     got = {(r["model"], r["metric"]) for r in ctx.read("metrics").where("stage = 'evaluate'").collect()}
     assert {(BASE_VERSION, "hr"), (final, "hr"), ("popularity", "hr")} <= got
 

@@ -32,6 +32,7 @@ x7,10,1700000300,5
 4,10,99999999999999999999,5
 5,10,100,5
 6,13,1700000400,2
+5,7,1600000000,5,EXTRA
 """
 
 
@@ -42,10 +43,11 @@ def test_validation_quarantines_each_bad_row_with_its_reason(spark, tmp_path):
     src = read_source(spark, cfg)
     checked = validate(src.clicks, src.time_unit, src.time_format, LO, HI)
     try:
-        assert checked.total == 14
+        assert checked.total == 15
         assert checked.bad_by_reason == {
             "event_time out of range": 2,  # 1970 and a value too large to be a time
             "exact duplicate": 2,
+            "more fields than the header": 1,  # a shifted column would corrupt the fields it shifts into
             "negative item_id": 1,
             "non-integer item_id": 1,
             "non-integer user_id": 1,
@@ -57,6 +59,7 @@ def test_validation_quarantines_each_bad_row_with_its_reason(spark, tmp_path):
         assert clicks == [(1, 10), (1, 11), (2, 10), (6, 13)]
         q = {(r["raw_user_id"], r["raw_item_id"], r["reason"]) for r in checked.quarantine.collect()}
         assert ("x7", "10", "non-integer user_id") in q
+        assert ("5", "7", "more fields than the header") in q
         assert ("3", "12.5", "non-integer item_id") in q
         assert (None, "10", "null user_id") in q
     finally:
@@ -69,7 +72,7 @@ def test_filters_apply_before_validation(spark, tmp_path):
                              "source.item_col=iid", "source.time_col=ts",
                              "source.filters=[{column: rating, op: '>=', value: 4}]"])
     src = read_source(spark, cfg)
-    assert src.clicks.count() == 10
+    assert src.clicks.count() == 11
 
 
 def test_timestamp_formats(spark, tmp_path):

@@ -23,12 +23,13 @@ from divspa.ingest import synthetic
 
 DEFAULT_ML100K = "../shared/data/ml-100k"
 ML100K_ENV = "DIVSPA_ML100K"
+EXTRA_FIELD = "_divspa_extra_field"  # a CSV row's first token beyond the header's columns
 ML_AGE_BUCKETS = ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55"))
 
 
 @dataclass
 class RawSource:
-    clicks: DataFrame  # raw_user, raw_item, raw_time
+    clicks: DataFrame  # raw_user, raw_item, raw_time (and extra_fields, a CSV row longer than its header)
     time_unit: str  # how raw_time is encoded: s, ms, us or timestamp
     time_format: str | None
     description: str
@@ -62,10 +63,12 @@ def read_source(spark: SparkSession, cfg: Config) -> RawSource:
     table = _read_table(spark, src.format, src.path, src.csv_delimiter, src.csv_header)
     for col in (src.user_col, src.item_col, src.time_col):
         if col not in table.columns:
-            raise SourceError(f"source {src.path}: column {col!r} not found (it has {', '.join(table.columns)})")
+            raise SourceError(f"source {src.path}: column {col!r} not found (it has {_names(table)})")
     table = apply_filters(table, src.filters, src.path)
     clicks = table.select(F.col(src.user_col).alias("raw_user"), F.col(src.item_col).alias("raw_item"),
-                          F.col(src.time_col).alias("raw_time"))
+                          F.col(src.time_col).alias("raw_time"),
+                          *([F.col(EXTRA_FIELD).isNotNull().alias("extra_fields")] if EXTRA_FIELD in table.columns
+                            else []))
     return RawSource(
         clicks, src.time_unit, src.time_format, f"{src.format}:{src.path}",
         _read_features(spark, src.user_features), _read_features(spark, src.item_features),
@@ -85,10 +88,19 @@ def _read_table(spark: SparkSession, fmt: str, path: str, delimiter: str = ",", 
     if fmt == "parquet":
         return spark.read.parquet(storage.spark_uri(path))
     if fmt == "csv":
-        # Everything as strings: validation decides what parses, and quarantines the rest.
-        return (spark.read.option("header", header).option("sep", delimiter).option("inferSchema", False)
-                .csv(storage.spark_uri(path)))
+        # Everything as strings: validation decides what parses, and quarantines the rest. Spark
+        # drops the tokens of a row beyond its schema, so the schema is the header's columns plus
+        # one more: a row that fills it has more fields than the header (a shifted column, which
+        # would otherwise corrupt the fields it shifted into) and goes to quarantine.
+        reader = spark.read.option("header", header).option("sep", delimiter).option("inferSchema", False)
+        columns = reader.csv(storage.spark_uri(path)).columns
+        schema = T.StructType([T.StructField(c, T.StringType()) for c in [*columns, EXTRA_FIELD]])
+        return reader.schema(schema).csv(storage.spark_uri(path))
     raise SourceError(f"unsupported source format {fmt!r}")
+
+
+def _names(table: DataFrame) -> str:
+    return ", ".join(c for c in table.columns if c != EXTRA_FIELD)
 
 
 def apply_filters(df: DataFrame, filters: list[FilterConfig], where: str) -> DataFrame:
@@ -96,7 +108,7 @@ def apply_filters(df: DataFrame, filters: list[FilterConfig], where: str) -> Dat
            "<": Column.__lt__, "<=": Column.__le__}
     for f in filters:
         if f.column not in df.columns:
-            raise SourceError(f"{where}: filter column {f.column!r} not found (it has {', '.join(df.columns)})")
+            raise SourceError(f"{where}: filter column {f.column!r} not found (it has {_names(df)})")
         col = F.col(f.column)
         if isinstance(f.value, (int, float)):
             col = col.try_cast(T.DoubleType())  # CSV columns are strings; compare numerically
@@ -111,7 +123,7 @@ def _read_features(spark: SparkSession, fcfg: FeatureSourceConfig | None) -> Dat
     missing = [c for c in [fcfg.id_col, *fcfg.columns] if c not in table.columns]
     if missing:
         raise SourceError(f"feature table {fcfg.path}: column {missing[0]!r} not found "
-                          f"(it has {', '.join(table.columns)})")
+                          f"(it has {_names(table)})")
     return feature_tokens(table, fcfg.id_col, fcfg.columns)
 
 

@@ -78,10 +78,12 @@ def validate(raw: DataFrame, time_unit: str, time_format: str | None, min_time: 
     user = parse_id(F.col("raw_user"), types["raw_user"])
     item = parse_id(F.col("raw_item"), types["raw_item"])
     ts = parse_time(F.col("raw_time"), types["raw_time"], time_unit, time_format)
+    extra = F.col("extra_fields") if "extra_fields" in raw.columns else F.lit(False)  # CSV rows only
     parsed = raw.select("raw_user", "raw_item", "raw_time", user.alias("user_id"), item.alias("item_id"),
-                        ts.alias("event_time"))
+                        ts.alias("event_time"), extra.alias("extra_fields"))
     reason = (
-        F.when(F.col("raw_user").isNull(), "null user_id")
+        F.when(F.col("extra_fields"), "more fields than the header")
+        .when(F.col("raw_user").isNull(), "null user_id")
         .when(F.col("user_id").isNull(), "non-integer user_id")
         .when(F.col("user_id") < 0, "negative user_id")
         .when(F.col("raw_item").isNull(), "null item_id")
