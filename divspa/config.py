@@ -136,6 +136,17 @@ class SyntheticConfig:
     start_date: str = "2026-01-01"
     bad_row_fraction: float = _opt(0.0, ge=0, le=0.5)  # rows corrupted on purpose (demo of quarantine)
     users_per_block: int = _opt(1024, ge=1)  # unit of deterministic generation, independent of partitions
+    # Wide feature logs (the paper's Video has 57 fields and 41.2M feature values): fields beyond
+    # each side's three, every value of a field drawn Zipf-like from values_per_field; the first
+    # informative_share of them depend on the user's main interest or the item's cluster, the rest
+    # are noise; item_tags > 0 adds a multi-valued field "tag" with up to that many values an item.
+    # All 0: the three fields of each side only, as the demo has always had them.
+    extra_user_fields: int = _opt(0, ge=0)
+    extra_item_fields: int = _opt(0, ge=0)
+    values_per_field: int = _opt(1000, ge=1)
+    value_exponent: float = _opt(1.1, ge=0)  # Zipf exponent of a field's value frequencies
+    informative_share: float = _opt(0.5, ge=0, le=1)
+    item_tags: int = _opt(0, ge=0)
     partitions: int = _opt(8, ge=1)  # Spark partitions of the generated log
 
 

@@ -43,3 +43,37 @@ def test_structure_popularity_and_interests():
     assert np.median(share) > 0.7
     start = p.start_us
     assert b.time_us.min() >= start and b.time_us.max() <= start + p.days * 86400 * 1_000_000
+
+
+def test_wide_logs_have_the_fields_asked_zipf_values_and_informative_fields(spark):
+    """synthetic.extra_*_fields / item_tags: the shape of the paper's Video features in small. Off
+    (the default) the tokens are the three of each side as always."""
+    from divspa.ingest.synthetic import synthetic_user_features, wide_values
+
+    wide = SyntheticConfig(num_users=300, num_items=3000, users_per_block=64, extra_user_fields=4,
+                           extra_item_fields=6, values_per_field=50, informative_share=0.5, item_tags=3)
+    items = {r.id: r.features for r in synthetic_item_features(spark, wide, 3).collect()}
+    users = {r.id: r.features for r in synthetic_user_features(spark, wide, 3).collect()}
+    plain = {r.id: r.features for r in synthetic_item_features(spark, SyntheticConfig(num_items=3000), 3).collect()}
+    assert {len(f) for f in plain.values()} == {3} and items[7][:3] == plain[7]  # the three as before
+    assert {len(f) for f in users.values()} == {3 + 4}
+    tags = [[t for t in f if t.startswith("tag=")] for f in items.values()]
+    assert {len(f) - len(t) for f, t in zip(items.values(), tags, strict=True)} == {3 + 6}
+    assert min(map(len, tags)) >= 1 and max(map(len, tags)) == 3  # a multi-valued field
+    p = Params.of(wide, 3)
+    ids = np.arange(3000)
+    cluster = catalogue(p).item_cluster
+    values = wide_values(p, "i", ids, cluster)
+    assert values.shape == (3000, 6) and values.min() >= 0 and values.max() < 50
+    counts = np.bincount(values[:, 5], minlength=50)
+    assert counts[0] > 5 * np.median(counts)  # a noise field: Zipf, its head value far above the median
+
+    def modes(f: int) -> int:
+        """Distinct most-frequent values of field f over the clusters: one per cluster when the
+        field follows the cluster, the Zipf head alone when it is noise."""
+        big = [c for c in np.unique(cluster) if (cluster == c).sum() >= 30]
+        return len({int(np.bincount(values[cluster == c, f]).argmax()) for c in big}), len(big)
+
+    informative, noise = modes(0), modes(5)
+    assert informative[0] >= 0.8 * informative[1] and noise[0] == 1, (informative, noise)
+    assert np.array_equal(values, wide_values(p, "i", ids, cluster))  # a function of (seed, field, id)

@@ -3,7 +3,9 @@
 Structure: Zipf item popularity that drifts between an early and a late regime; items grouped
 in interest clusters of unequal size; each user holds a few interests whose weights drift over
 their active window, plus a share of exploratory clicks; log-normal activity per user. Users
-and items carry categorical features correlated with their clusters.
+and items carry categorical features correlated with their clusters (three a side, or as many as
+the wide-log settings ask, with Zipf-distributed values, informative and noise fields and a
+multi-valued tag field).
 
 Users are generated in fixed blocks seeded by (seed, block id), and the item catalogue by
 (seed), so the data depends only on the config, never on the number of partitions or
@@ -52,6 +54,12 @@ class Params:
     start_us: int
     bad_row_fraction: float
     users_per_block: int
+    extra_user_fields: int = 0
+    extra_item_fields: int = 0
+    values_per_field: int = 1000
+    value_exponent: float = 1.1
+    informative_share: float = 0.5
+    item_tags: int = 0
 
     @classmethod
     def of(cls, cfg: SyntheticConfig, seed: int) -> Params:
@@ -61,7 +69,8 @@ class Params:
         return cls(seed, cfg.num_users, cfg.num_items, cfg.mean_clicks_per_user, cfg.max_clicks_per_user,
                    min(cfg.num_clusters, cfg.num_items), cfg.max_interests_per_user, cfg.popularity_exponent,
                    cfg.explore_prob, cfg.days, int(start.timestamp() * 1_000_000), cfg.bad_row_fraction,
-                   cfg.users_per_block)
+                   cfg.users_per_block, cfg.extra_user_fields, cfg.extra_item_fields, cfg.values_per_field,
+                   cfg.value_exponent, cfg.informative_share, cfg.item_tags)
 
     @property
     def num_blocks(self) -> int:
@@ -191,8 +200,9 @@ def _user_feature_batches(params: Params, blocks: Iterator[pa.RecordBatch]) -> I
     for batch in blocks:
         for block_id in batch.column(0).to_numpy():
             b = generate_block(params, int(block_id))
-            feats = [[f"age={AGE_BUCKETS[a]}", f"gender={'MF'[g]}", f"region={r}"]
-                     for a, g, r in zip(b.age.tolist(), b.gender.tolist(), b.region.tolist(), strict=True)]
+            feats = [[f"age={AGE_BUCKETS[a]}", f"gender={'MF'[g]}", f"region={r}", *wide]
+                     for a, g, r, wide in zip(b.age.tolist(), b.gender.tolist(), b.region.tolist(),
+                                              wide_tokens(params, "u", b.users, b.clusters[:, 0]), strict=True)]
             yield pa.RecordBatch.from_arrays([pa.array(b.users), pa.array(feats, pa.list_(pa.string()))],
                                              schema=_ARROW_FEATURES)
 
@@ -207,6 +217,42 @@ def hash_uniform(seed: int, salt: int, ids: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+@lru_cache(maxsize=8)
+def _zipf_cdf(values: int, exponent: float) -> np.ndarray:
+    cdf = np.cumsum((np.arange(values) + 1.0) ** -exponent)
+    return cdf / cdf[-1]
+
+
+def wide_values(params: Params, side: str, ids: np.ndarray, cluster: np.ndarray) -> np.ndarray:
+    """[len(ids), fields] values of a side's extra fields: field f's value is a Zipf rank drawn from
+    a hash of (seed, side, f, id); an informative field shifts it by a per-field stride times the
+    cluster (the item's, or the user's main interest), so each cluster has its own head values."""
+    fields = params.extra_user_fields if side == "u" else params.extra_item_fields
+    cdf, values = _zipf_cdf(params.values_per_field, params.value_exponent), params.values_per_field
+    informative = round(params.informative_share * fields)
+    out = np.empty((len(ids), fields), dtype=np.int64)
+    for f in range(fields):
+        rank = np.searchsorted(cdf, hash_uniform(params.seed, (2 if side == "u" else 3) * 1_000_000 + f, ids), side="right")
+        rank = np.minimum(rank, values - 1)
+        out[:, f] = (rank + cluster * (7919 * f + 1)) % values if f < informative else rank
+    return out
+
+
+def wide_tokens(params: Params, side: str, ids: np.ndarray, cluster: np.ndarray) -> list[list[str]]:
+    """Each row's extra tokens ("u3=17", "i0=5", and for items up to item_tags "tag=..." tokens,
+    one multi-valued field whose values follow the item's cluster); empty lists by default."""
+    fields = wide_values(params, side, ids, cluster)
+    rows = [[f"{side}{f}={v}" for f, v in enumerate(row)] for row in fields.tolist()]
+    if side == "i" and params.item_tags:
+        cdf = _zipf_cdf(params.values_per_field, params.value_exponent)
+        tags = np.stack([np.searchsorted(cdf, hash_uniform(params.seed, 4_000_000 + j, ids), side="right")
+                         for j in range(params.item_tags)], axis=1)
+        tags = (np.minimum(tags, params.values_per_field - 1) + cluster[:, None] * 31) % params.values_per_field
+        for row, item_tags in zip(rows, tags.tolist(), strict=True):
+            row.extend(f"tag={t}" for t in dict.fromkeys(item_tags))
+    return rows
+
+
 def _item_feature_batches(params: Params, ids: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     cat = catalogue(params)
     for batch in ids:
@@ -216,8 +262,9 @@ def _item_feature_batches(params: Params, ids: Iterator[pa.RecordBatch]) -> Iter
         category = np.where(noisy, random_cat, cat.item_cluster[items])
         tier = np.minimum(cat.early_rank[items] * 10 // params.num_items, 9)
         creator = (items * 2654435761) % max(params.num_items // 20, 1)
-        feats = [[f"category={c}", f"tier={t}", f"creator={cr}"]
-                 for c, t, cr in zip(category.tolist(), tier.tolist(), creator.tolist(), strict=True)]
+        feats = [[f"category={c}", f"tier={t}", f"creator={cr}", *wide]
+                 for c, t, cr, wide in zip(category.tolist(), tier.tolist(), creator.tolist(),
+                                           wide_tokens(params, "i", items, cat.item_cluster[items]), strict=True)]
         yield pa.RecordBatch.from_arrays([pa.array(items), pa.array(feats, pa.list_(pa.string()))],
                                          schema=_ARROW_FEATURES)
 
