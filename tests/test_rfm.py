@@ -113,3 +113,31 @@ def test_every_arch_builds_with_rfm():
         loss = rfm.loss(model, torch.tensor([1, 2]))
         loss.backward()
         assert math.isfinite(loss.item()) and model.item_tower.tokens.weight.grad is not None, arch
+
+
+def test_checkpoints_before_rfm_load_and_a_newer_ones_settings_are_refused(tmp_path):
+    """A checkpoint written before model.ssl existed loads (without RFM); one naming a model setting
+    this divspa lacks is refused with one line, not built without it."""
+    import io
+
+    import numpy as np
+
+    from divspa.models.checkpoint import ModelBundle, load_checkpoint, to_bytes
+    from divspa.models.encoding import Vocab
+
+    mcfg = ModelConfig(embedding_dim=8, output_dim=6, hidden_dims=[16], ssl="rfm")
+    vocab = Vocab(np.arange(1, 11) * 7, [f"u={i}" for i in range(8)], [f"i={i}" for i in range(5)])
+    model = TwoTower(10, 8, 5, _model("youtubednn").item_tower.item_tokens, emb_dim=8, hidden=[16], out_dim=6)
+    state = torch.load(io.BytesIO(to_bytes(ModelBundle(model, vocab, mcfg, torch.ones(11), {}))), weights_only=True)
+    for key in [k for k in state["model_config"] if k.startswith("ssl")]:
+        del state["model_config"][key]
+    old = io.BytesIO()
+    torch.save(state, old)
+    loaded = load_checkpoint(old.getvalue())
+    assert loaded.mcfg.ssl == "none" and torch.equal(loaded.model.item_vectors(), model.item_vectors())
+    state["model_config"]["hashed_fields"] = 57
+    newer = io.BytesIO()
+    torch.save(state, newer)
+    with pytest.raises(ValueError, match=r"written by a newer divspa: its model settings hashed_fields") as err:
+        load_checkpoint(newer.getvalue())
+    assert "\n" not in str(err.value)

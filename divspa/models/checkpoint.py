@@ -71,7 +71,12 @@ def load_checkpoint(source: str | bytes) -> ModelBundle:
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if state.get("format") != FORMAT:
         raise ValueError(f"not a divspa two-tower checkpoint (format {state.get('format')!r})")
-    mcfg = ModelConfig(**state["model_config"])
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(state["model_config"]) - known)
+    if unknown:  # a newer divspa's model: refused rather than built without what it needs
+        raise ValueError(f"checkpoint {source if isinstance(source, str) else '(bytes)'} was written by a newer "
+                         f"divspa: its model settings {', '.join(unknown)} are unknown here; upgrade divspa")
+    mcfg = ModelConfig(**state["model_config"])  # settings added since it was written take their defaults
     vocab = Vocab(np.asarray(state["item_ids"].numpy(), dtype=np.int64), state["user_tokens"], state["item_tokens"])
     model = build_model(mcfg, vocab, state["state_dict"]["item_tower.item_tokens"])
     model.load_state_dict(state["state_dict"])
