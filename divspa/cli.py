@@ -187,7 +187,9 @@ def _print_comparison(ctx: RunContext) -> None:
         return out + [get.get((m, "distinct_items", k)) for k in dks] + [get.get((m, "long_tail_share", k)) for k in tks]
 
     width = max(12, *(len(m) + 9 for m in models))
-    print("\n" + f"{'model':<{width}}" + "".join(f"{c:>14}" for c in cols))
+    mcfg = ctx.cfg.model
+    print(f"\nbase: {mcfg.arch}{' with RFM (model.ssl)' if mcfg.ssl == 'rfm' else ''}; students train as it did")
+    print(f"{'model':<{width}}" + "".join(f"{c:>14}" for c in cols))
     for m in models:
         cells = [f"{v:>14,.0f}" if c.startswith("distinct") else f"{v:>14.4f}" if v is not None else f"{'-':>14}"
                  for c, v in zip(cols, values(m), strict=True)]

@@ -49,6 +49,7 @@ def test_full_pipeline_is_resumable_and_idempotent(spark, tmp_path, capsys):
     assert all(first[t] == v + (t in student_tables) for t, v in partial.items() if t != "metrics")
     out = capsys.readouterr().out
     assert "train_divspa" in out and "divspa-1" in out and "base" in out and "popularity" in out
+    assert "base: youtubednn; students train as it did" in out
     assert "run r1: published" in out
     assert "report:" in out and (tmp_path / "runs" / "r1" / "report.html").is_file()
     page = (tmp_path / "runs" / "r1" / "report.html").read_text()
