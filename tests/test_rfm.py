@@ -84,13 +84,13 @@ def _train(trained, **model_settings) -> tuple[dict[str, torch.Tensor], object]:
     from divspa.models.trainer import Trainer
 
     cfg = copy.deepcopy(trained.cfg)
-    cfg.train.epochs = 2
+    cfg.train.epochs = 1
     for key, value in model_settings.items():
         setattr(cfg.model, key, value)
     torch.manual_seed(cfg.run.seed)
     bundle = build_bundle(trained, BASE_VERSION, cfg)
     assert bundle.mcfg.ssl == cfg.model.ssl
-    report = Trainer(cfg, bundle, trained.warehouse.dataset("train_examples"), trained.run_id).fit(epochs=2)
+    report = Trainer(cfg, bundle, trained.warehouse.dataset("train_examples"), trained.run_id).fit(epochs=1)
     return bundle.model.state_dict(), report
 
 
