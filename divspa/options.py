@@ -58,6 +58,8 @@ def _block_above(comments: dict[int, tuple[str, bool]], line: int) -> list[str]:
 def _headings() -> list[tuple[str, str]]:
     """(page, heading) of the current figures first, then of the dated notebook."""
     pages = ("BENCHMARKS.md", "benchmarks/history.md")
+    if not (DOCS / pages[0]).is_file():
+        raise FileNotFoundError(f"{DOCS / pages[0]} not found: docs/OPTIONS.md is generated in a checkout of divspa")
     return [(page, line.lstrip("#").strip()) for page in pages
             for line in (DOCS / page).read_text().splitlines() if line.startswith("#")]
 
