@@ -249,8 +249,9 @@ class TrainConfig:
 
 # What stage `tune` may search: lr; weight_decay (off the search by default: any value > 0 makes
 # every embedding step dense); negatives = how many, from which distribution (uniform or
-# popularity^power), the batch's own positives among them, logQ correction; omega; arch.
-TuneParam = Literal["lr", "weight_decay", "negatives", "omega", "arch"]
+# popularity^power), the batch's own positives among them, logQ correction; omega; arch; ssl = RFM
+# on or off, and its weight and temperature when on.
+TuneParam = Literal["lr", "weight_decay", "negatives", "omega", "arch", "ssl"]
 
 
 @dataclass

@@ -53,12 +53,17 @@ def distributions(space: list[str], num_items: int) -> dict[str, optuna.distribu
         out["model.omega"] = Float(3.0, 40.0, log=True)
     if "arch" in space:
         out["model.arch"] = Cat(ARCHS)
+    if "ssl" in space:
+        out["model.ssl"] = Cat(["none", "rfm"])
+        out["model.ssl_weight"] = Float(0.01, 1.0, log=True)  # only with rfm
+        out["model.ssl_temperature"] = Float(0.05, 0.5, log=True)  # only with rfm
     return out
 
 
 def suggest(trial: optuna.Trial, dists: dict[str, optuna.distributions.BaseDistribution]) -> dict[str, Any]:
     """One trial's settings; a setting that cannot matter under the others is not drawn (the popularity
-    power under uniform negatives, logQ correction when every negative is uniform)."""
+    power under uniform negatives, logQ correction when every negative is uniform, RFM's weight and
+    temperature without RFM)."""
     params: dict[str, Any] = {}
     for name, dist in dists.items():
         if _matters(name, params):
@@ -72,6 +77,8 @@ def _matters(name: str, params: dict[str, Any]) -> bool:
         return params.get("train.negative_sampler") == "popularity"
     if name == "train.logq_correction":
         return params.get("train.negative_sampler") != "uniform" or bool(params.get("train.in_batch_negatives"))
+    if name in ("model.ssl_weight", "model.ssl_temperature"):
+        return params.get("model.ssl") == "rfm"
     return True
 
 

@@ -28,6 +28,10 @@ def test_the_space_and_the_configured_trial():
     first = configured(cfg, dists)  # uniform negatives: neither power nor logQ can matter, so neither is set
     assert first == {"train.lr": 1e-3, "train.num_negatives": 200, "train.negative_sampler": "uniform",
                      "train.in_batch_negatives": False, "model.omega": 10.0}
+    ssl = distributions(["ssl"], num_items=120)
+    assert configured(cfg, ssl) == {"model.ssl": "none"}  # RFM off: its weight and temperature cannot matter
+    assert configured(load_config(None, ["model.ssl=rfm"]), ssl) == {
+        "model.ssl": "rfm", "model.ssl_weight": 0.1, "model.ssl_temperature": 0.1}
     laid = with_params(cfg, {"train.lr": 0.004, "model.omega": 20.0})
     assert (laid.train.lr, laid.model.omega, cfg.train.lr) == (0.004, 20.0, 1e-3)  # a copy, the original kept
 
