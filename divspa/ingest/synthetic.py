@@ -223,18 +223,23 @@ def _zipf_cdf(values: int, exponent: float) -> np.ndarray:
     return cdf / cdf[-1]
 
 
+def _zipf_ranks(params: Params, salt: int, ids: np.ndarray) -> np.ndarray:
+    """A Zipf rank in [0, values_per_field) per id, drawn from a hash of (seed, salt, id)."""
+    cdf = _zipf_cdf(params.values_per_field, params.value_exponent)
+    rank = np.searchsorted(cdf, hash_uniform(params.seed, salt, ids), side="right")
+    return np.minimum(rank, params.values_per_field - 1)
+
+
 def wide_values(params: Params, side: str, ids: np.ndarray, cluster: np.ndarray) -> np.ndarray:
     """[len(ids), fields] values of a side's extra fields: field f's value is a Zipf rank drawn from
     a hash of (seed, side, f, id); an informative field shifts it by a per-field stride times the
     cluster (the item's, or the user's main interest), so each cluster has its own head values."""
     fields = params.extra_user_fields if side == "u" else params.extra_item_fields
-    cdf, values = _zipf_cdf(params.values_per_field, params.value_exponent), params.values_per_field
     informative = round(params.informative_share * fields)
     out = np.empty((len(ids), fields), dtype=np.int64)
     for f in range(fields):
-        rank = np.searchsorted(cdf, hash_uniform(params.seed, (2 if side == "u" else 3) * 1_000_000 + f, ids), side="right")
-        rank = np.minimum(rank, values - 1)
-        out[:, f] = (rank + cluster * (7919 * f + 1)) % values if f < informative else rank
+        rank = _zipf_ranks(params, (2 if side == "u" else 3) * 1_000_000 + f, ids)
+        out[:, f] = (rank + cluster * (7919 * f + 1)) % params.values_per_field if f < informative else rank
     return out
 
 
@@ -244,10 +249,8 @@ def wide_tokens(params: Params, side: str, ids: np.ndarray, cluster: np.ndarray)
     fields = wide_values(params, side, ids, cluster)
     rows = [[f"{side}{f}={v}" for f, v in enumerate(row)] for row in fields.tolist()]
     if side == "i" and params.item_tags:
-        cdf = _zipf_cdf(params.values_per_field, params.value_exponent)
-        tags = np.stack([np.searchsorted(cdf, hash_uniform(params.seed, 4_000_000 + j, ids), side="right")
-                         for j in range(params.item_tags)], axis=1)
-        tags = (np.minimum(tags, params.values_per_field - 1) + cluster[:, None] * 31) % params.values_per_field
+        tags = np.stack([_zipf_ranks(params, 4_000_000 + j, ids) for j in range(params.item_tags)], axis=1)
+        tags = (tags + cluster[:, None] * 31) % params.values_per_field
         for row, item_tags in zip(rows, tags.tolist(), strict=True):
             row.extend(f"tag={t}" for t in dict.fromkeys(item_tags))
     return rows
