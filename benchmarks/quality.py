@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/quality.py                       # 5 seeds, every variant, 2 workers
     .venv/bin/python benchmarks/quality.py --seeds 3 --variants divspa,wo_all
     .venv/bin/python benchmarks/quality.py --archs youtubednn,fm,deepfm,autoint,rfm   # Table 1's shape
+    .venv/bin/python benchmarks/quality.py --archs youtubednn,ufnrec --regime sparse  # Table 3's shape
 
 Per seed: the pipeline up to `augment` (teacher trained with that seed; tuned first with
 `--set tune.trials=N`, and its students then train with the tuned settings), then one student per
@@ -265,7 +266,8 @@ def report(by_seed: dict[int, dict[str, dict[str, float]]], variants: list[str],
 
 
 # --archs names beyond model.arch: the settings that make each of the paper's other bases.
-BASES = {"rfm": ["model.arch=youtubednn", "model.ssl=rfm"]}
+BASES = {"rfm": ["model.arch=youtubednn", "model.ssl=rfm"],
+         "ufnrec": ["model.arch=youtubednn", "train.false_negatives=true"]}
 
 # The paper's Table 1 (Video), for the ordering of the bases: HR@50/100/200, NDCG@50/100/200.
 PAPER_TABLE1 = {"fm": [0.2059, 0.2890, 0.3778, 0.1050, 0.1207, 0.1617],
@@ -274,6 +276,10 @@ PAPER_TABLE1 = {"fm": [0.2059, 0.2890, 0.3778, 0.1050, 0.1207, 0.1617],
                 "deepfm": [0.2238, 0.3041, 0.3951, 0.1122, 0.1243, 0.1655],
                 "rfm": [0.2254, 0.3063, 0.3979, 0.1150, 0.1285, 0.1707],
                 "divspa (youtubednn)": [0.2304, 0.3114, 0.4035, 0.1181, 0.1310, 0.1735]}
+# Table 3 (Video): DivSPA on YoutubeDNN against UFNRec, and DivSPA with UFNRec in teacher and student.
+PAPER_TABLE3 = {"divspa (youtubednn)": [0.2304, 0.3114, 0.4035, 0.1181, 0.1310, 0.1735],
+                "ufnrec": [0.2275, 0.3078, 0.3968, 0.1163, 0.1276, 0.1691],
+                "divspa (ufnrec)": [0.2358, 0.3143, 0.4069, 0.1211, 0.1344, 0.1751]}
 
 
 def arch_table(by_arch: dict[str, dict[int, dict[str, dict[str, float]]]], conf: str, elapsed: float) -> None:
@@ -294,9 +300,11 @@ def arch_table(by_arch: dict[str, dict[int, dict[str, dict[str, float]]]], conf:
                 cells.append(f"{f'{mean:.4f}+-{std:.4f}' + p:>25}" if k in ACC
                              else f"{mean:>16.0f}" if k == "distinct@100" else f"{mean:>16.3f}")
             print(f"{label:<22}" + "".join(cells))
-    print("\npaper, Table 1 (Video):")
-    for label, vals in PAPER_TABLE1.items():
-        print(f"{label:<22}" + "".join(f"{v:>25.4f}" for v in vals))
+    for name, paper in (("Table 1", PAPER_TABLE1), ("Table 3", PAPER_TABLE3 if "ufnrec" in by_arch else {})):
+        if paper:
+            print(f"\npaper, {name} (Video):")
+        for label, vals in paper.items():
+            print(f"{label:<22}" + "".join(f"{v:>25.4f}" for v in vals))
 
 
 def main() -> None:
@@ -314,7 +322,8 @@ def main() -> None:
                     help="the sparse regime's cap (paper's Video: 2.2 clicks a user on average)")
     ap.add_argument("--report-from", default="", help="print the tables of an earlier run's --results file")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--archs", default="", help="comma-separated model.arch values, or rfm (YoutubeDNN with model.ssl=rfm): base and DivSPA of each "
+    ap.add_argument("--archs", default="", help="comma-separated model.arch values, rfm (YoutubeDNN with model.ssl=rfm) or ufnrec "
+                    "(YoutubeDNN with train.false_negatives): base and DivSPA of each "
                     "(--variants defaults to divspa), reported in the shape of the paper's Table 1")
     args = ap.parse_args()
     if args.regime == "sparse" and not args.tasks:  # workers get these as --set already

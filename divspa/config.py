@@ -240,11 +240,28 @@ class TrainConfig:
     distributor: Literal["local", "cluster"] = "local"
     # Sparse embedding gradients with CatchUpAdam (divspa/models/catchup_adam.py): dense Adam's
     # updates, but a step costs the rows the batch looks up, not the item vocabulary. Ignored (the
-    # tables stay dense, the updates the same) with weight_decay > 0 or processes > 1.
+    # tables stay dense, the updates the same) with weight_decay > 0, processes > 1 or false_negatives.
     sparse_embeddings: bool = True
     # Tables with fewer rows stay dense: there a dense Adam step is the cheaper of the two
     # (6.7 vs 9.0 ms a step at 10k items, 68.0 vs 14.3 ms at 100k: benchmarks/vocabulary.py).
     sparse_min_rows: int = _opt(32768, ge=0)
+    # [paper: Table 3's UFNRec, Liu et al. 2023; divspa/models/ufn.py] False-negative reversal: once the
+    # training loss levels off, each row's negatives that scored above its positive are drawn again
+    # as its own; one that does so on more than ufn_reverse visits becomes a positive of the row,
+    # and a moving average of the weights (the teacher, used for validation and kept at the end)
+    # pulls the student's scores of reversed items towards its own. Base and students alike.
+    false_negatives: bool = False
+    ufn_reverse: int = _opt(5, ge=0)  # [paper: UFNRec's code, 5] visits as a hard negative before an item is reversed
+    ufn_consistency: float = _opt(0.3, ge=0)  # [paper: UFNRec's lambda, 0.3] weight of the teacher's consistency loss
+    ufn_ema_decay: float = _opt(0.999, gt=0, lt=1)  # [paper: UFNRec's code, 0.999] the teacher's moving-average decay
+    # [paper: UFNRec's code, 8 epochs and 1/200] Reversal starts after at least ufn_min_epochs epochs,
+    # once an epoch lowers the training loss by less than ufn_level_off of the first six epochs' drop.
+    ufn_min_epochs: int = _opt(8, ge=2)
+    ufn_level_off: float = _opt(0.005, ge=0)
+    # [beyond the paper: bounded memory] Hard negatives remembered per training row, and the rows'
+    # hashed table's size cap (8 + 6 x width bytes a slot; a row whose slot another took starts afresh).
+    ufn_width: int = _opt(8, ge=1)
+    ufn_slots: int = _opt(1 << 24, ge=16)
 
 
 # What stage `tune` may search: lr; weight_decay (off the search by default: any value > 0 makes

@@ -261,6 +261,9 @@ def _held(wh: Warehouse, run_id: str) -> str:
 def _settings(cfg: Config) -> str:
     ssl = f" with RFM (weight {cfg.model.ssl_weight}, temperature {cfg.model.ssl_temperature})" \
         if cfg.model.ssl == "rfm" else ""
+    t = cfg.train
+    ssl += f" with UFNRec (reverse {t.ufn_reverse}, consistency {t.ufn_consistency}, EMA decay {t.ufn_ema_decay})" \
+        if t.false_negatives else ""
     return (f"Source: {html.escape(cfg.source.format)}; base model {html.escape(cfg.model.arch)}{ssl}; sampler "
             f"{html.escape(cfg.augment.sampler)}, k={cfg.augment.k}, m={cfg.augment.m}, candidates ranked by\n"
             f"{html.escape(cfg.augment.rank_by)}{' (the paper’s rule)' if cfg.augment.rank_by == 'teacher' else ''}, "

@@ -93,23 +93,30 @@ def test_autoint_heads_must_divide_the_embedding(tmp_path):
                                                       "model.attention_heads=4"])
 
 
-@pytest.mark.parametrize(("arch", "ssl"), [("fm", "none"), ("deepfm", "none"), ("autoint", "rfm")])
-def test_divspa_pipeline_on_each_arch(spark, trained, tmp_path, arch, ssl):
+@pytest.mark.parametrize(("arch", "ssl", "ufn"), [("fm", "none", False), ("deepfm", "none", True),
+                                                 ("autoint", "rfm", False)])
+def test_divspa_pipeline_on_each_arch(spark, trained, tmp_path, arch, ssl, ufn):
     """Teacher, export, retrieve, augment, student, the student's export and evaluation with `arch`
-    (and model.ssl), on a copy of the suite's small run (ingest, split and prepare do not depend on it)."""
+    (and model.ssl, and UFNRec's reversal started after epoch 2 of 4), on a copy of the suite's
+    small run (ingest, split and prepare do not depend on it)."""
     out = tmp_path / "out"
     shutil.copytree(trained.cfg.run.output_dir, out)
     cfg = copy.deepcopy(trained.cfg)
     cfg.run.output_dir, cfg.model.arch, cfg.model.ssl, cfg.train.epochs = str(out), arch, ssl, 1
+    if ufn:
+        cfg.train.epochs, cfg.train.false_negatives, cfg.train.ufn_min_epochs, cfg.train.ufn_level_off = 4, True, 2, 1e9
+        cfg.train.patience = 4
     ctx = RunContext.start(cfg, "test", spark=spark, force=True)
     run_pipeline(ctx, [s.name for s in STAGES[STAGES.index(BY_NAME["train_base"]):]])
     final = final_version(ctx)
     for version in (BASE_VERSION, final):
         mcfg = load_checkpoint(checkpoint_path(ctx, version)).mcfg
         assert (mcfg.arch, mcfg.ssl) == (arch, ssl)  # the student trains as its teacher did
+        meta = load_checkpoint(checkpoint_path(ctx, version)).meta
+        assert (meta.get("false_negatives") or {}).get("reversal_after") == (2 if ufn else None)
         assert_export_matches(ctx, version)  # Spark's vectors are the trained model's, teacher and student
     page = (Path(ctx.cfg.run_dir) / "report.html").read_text()
-    assert f"base model {arch}{' with RFM' if ssl == 'rfm' else ';'}" in page  # the report says what trained
+    assert f"base model {arch}{' with RFM' if ssl == 'rfm' else ' with UFNRec' if ufn else ';'}" in page  # what trained
     got = {(r["model"], r["metric"]) for r in ctx.read("metrics").where("stage = 'evaluate'").collect()}
     assert {(BASE_VERSION, "hr"), (final, "hr"), ("popularity", "hr")} <= got
 

@@ -61,6 +61,11 @@ def _finish(bundle: ModelBundle, trainer: Trainer, report: TrainReport, path: st
     bundle.model = trainer.model.cpu()
     bundle.meta.update({"best_epoch": report.best_epoch, "val_hr": report.best_val_hr,
                         "processes": trainer.world_size})
+    if trainer.false_negatives is not None:  # what UFNRec did: when reversal started, what it kept
+        tcfg = trainer.tcfg
+        bundle.meta["false_negatives"] = {"reversal_after": report.reversal_after, "reverse": tcfg.ufn_reverse,
+                                          "consistency": tcfg.ufn_consistency, "ema_decay": tcfg.ufn_ema_decay,
+                                          "memory_bytes": trainer.false_negatives.memory.nbytes}
     save_checkpoint(path, bundle)
 
 

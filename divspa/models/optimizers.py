@@ -50,8 +50,9 @@ def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> Optimizers:
     a step's cost grows with the vocabulary (at 420k items ~364 ms of a 377 ms step:
     benchmarks/vocabulary.py). Coupled weight decay moves every row at every step by its own
     value and DistributedDataParallel all-reduces dense gradients, so with `train.weight_decay`
-    or `train.processes > 1` the tables stay dense: the same updates, at the vocabulary's cost."""
-    sparse = tcfg.sparse_embeddings and not tcfg.weight_decay and tcfg.processes == 1
+    or `train.processes > 1` the tables stay dense: the same updates, at the vocabulary's cost; and
+    with `train.false_negatives`, whose moving-average teacher reads every row at every step."""
+    sparse = tcfg.sparse_embeddings and not tcfg.weight_decay and tcfg.processes == 1 and not tcfg.false_negatives
     tables = [m for m in model.modules()
               if sparse and isinstance(m, torch.nn.Embedding) and m.num_embeddings >= tcfg.sparse_min_rows]
     if not tables:

@@ -32,6 +32,7 @@ from divspa.models.negatives import BatchNegatives
 from divspa.models.optimizers import make_optimizer
 from divspa.models.ranks import from_rank0, step_fn, sum_over_ranks
 from divspa.models.rfm import RandomFeatureMasking
+from divspa.models.ufn import FalseNegatives, RowNegatives
 from divspa.models.validation import Validation
 from divspa.reader import stream_tables
 
@@ -58,6 +59,7 @@ class TrainReport:
     epoch_s: list[float] = field(default_factory=list)  # each epoch's training time, validation not included
     examples_per_s: float = 0.0
     wall_s: float = 0.0
+    reversal_after: int = 0  # train.false_negatives: the epoch after which reversal started (0: it did not)
 
 
 class Progress:
@@ -137,23 +139,61 @@ class Trainer:
         self.train_rows = dataset.count_rows(filter=self.train_filter)
         if self.train_rows == 0:
             raise ValueError(f"train_examples holds no training rows for run {run_id}")
+        self.false_negatives = FalseNegatives(self.tcfg, self.train_rows // self.world_size + 1) \
+            if self.tcfg.false_negatives else None
 
     # --- the objective -------------------------------------------------------------------------
 
     def batch_loss(self, table: pa.Table) -> torch.Tensor:
         """Eq. 1: sampled softmax of each positive against the batch's shared negatives."""
         batch = encode_examples(table, self.bundle.vocab, self.bundle.mcfg)
-        user = self.model.user_vectors(batch.users.to(self.device))
+        users = batch.users.to(self.device)
+        user = self.model.user_vectors(users)
         pos_idx = batch.items.to(self.device)
         neg_idx, logq = self.negatives(pos_idx)
         pos, neg = self.item_vectors(pos_idx, neg_idx)
         neg_logq, pos_logq = (logq[neg_idx], logq[pos_idx]) if logq is not None else (None, None)
-        loss = sampled_softmax_loss(user, pos, neg, pos_idx, neg_idx, self.model.omega, neg_logq, pos_logq)
+        rows, row, row_neg = self.row_negatives(table, user)
+        loss = sampled_softmax_loss(user, pos, neg, pos_idx, neg_idx, self.model.omega, neg_logq, pos_logq, row_neg)
+        loss = loss + self.reversed_loss(rows, users, user, row, pos, pos_idx, neg, neg_idx, logq, row_neg)
         return self.with_ssl(loss.mean(), pos_idx)
 
     def with_ssl(self, loss: torch.Tensor, pos_idx: torch.Tensor) -> torch.Tensor:
         """The batch's loss plus `model.ssl`'s term (RFM), whichever objective the loss is."""
         return loss if self.ssl is None else loss + self.ssl.loss(self.model, pos_idx)
+
+    # --- UFNRec's terms (train.false_negatives; models/ufn.py), for either objective ------------
+
+    def row_negatives(self, table: pa.Table, user: torch.Tensor) -> tuple[
+            RowNegatives | None, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """What the batch's rows remember (None before reversal starts), the remembered items'
+        vectors [B, W, d], and (logits, indices) [B, W] of those still negatives, for Eq. 1's
+        denominators. The vectors are picked by index_select: most places are empty (index 0), and
+        indexing's backward adds so many repeats in an order that varies from run to run."""
+        rows = self.false_negatives.visit(table, self.device) if self.false_negatives else None
+        if rows is None:
+            return None, None, None
+        unique, inverse = torch.unique(rows.idx, return_inverse=True)
+        row = self.model.item_vectors(unique).index_select(0, inverse.reshape(-1)).view(*rows.idx.shape, -1)
+        return rows, row, (self.model.omega * (user.unsqueeze(1) * row).sum(-1), rows.negative_idx())
+
+    def reversed_loss(self, rows: RowNegatives | None, users: torch.Tensor, user: torch.Tensor,
+                      row: torch.Tensor | None, pos: torch.Tensor, pos_idx: torch.Tensor, neg: torch.Tensor,
+                      neg_idx: torch.Tensor, logq: torch.Tensor | None,
+                      row_neg: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | float:
+        """[B] UFNRec's terms of each row (0 before reversal starts): each reversed item as a positive
+        against the row's negatives, and the teacher's consistency loss."""
+        if rows is None or row is None:
+            return 0.0
+        omega = self.model.omega
+        row_logq = logq[rows.idx] if logq is not None else None
+        row_loss = sampled_softmax_loss(user, row, neg, rows.idx, neg_idx, omega,
+                                        logq[neg_idx] if logq is not None else None, row_logq, row_neg)
+        with torch.no_grad():
+            pos_logit = omega * (user * pos).sum(-1)
+            neg_logit = omega * user @ neg.T
+        return self.false_negatives.loss(rows, users, user, row, row_loss, omega, pos_idx, pos_logit,
+                                         neg_idx, neg_logit)
 
     def negatives(self, pos_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch's shared negatives, and the log q table of the logQ correction (None when off)."""
@@ -216,6 +256,8 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
+                    if self.false_negatives:
+                        self.false_negatives.after_step(self.model)
                     total += float(loss.detach()) * table.num_rows
                     seen += table.num_rows
                     progress.update(seen, total / seen)
@@ -228,6 +270,10 @@ class Trainer:
             report.epoch_examples.append(seen)
             report.train_loss.append(total / max(seen, 1))
             report.epochs_run = epoch
+            if self.false_negatives and self.false_negatives.after_epoch(epoch, report.train_loss, self.model):
+                log.info("epoch %d: the training loss levelled off; false negatives are reversed from now on, "
+                         "and the moving-average teacher is validated and kept", epoch)
+                bad_epochs, report.reversal_after = 0, epoch
             val = self.validate() if has_val and self.rank == 0 else -report.train_loss[-1]
             val = from_rank0(self.world_size, val)
             report.val_hr.append(val)
@@ -239,7 +285,7 @@ class Trainer:
                 continue
             if best_state is None or val > report.best_val_hr:
                 report.best_val_hr, report.best_epoch = val, epoch
-                best_state = copy.deepcopy(self.model.state_dict())
+                best_state = copy.deepcopy(self.kept_model().state_dict())
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -247,6 +293,8 @@ class Trainer:
                     log.info("early stopping after epoch %d: best val HR@%d %.4f at epoch %d", epoch,
                              self.tcfg.val_k, report.best_val_hr, report.best_epoch)
                     break
+        if fixed and self.kept_model() is not self.model:
+            best_state = copy.deepcopy(self.kept_model().state_dict())
         if best_state is not None:
             self.model.load_state_dict(best_state)
         self.model.eval()
@@ -257,8 +305,13 @@ class Trainer:
     def fitted_items(self) -> dict[int, np.ndarray]:
         return self.validation.fitted_items()
 
+    def kept_model(self) -> torch.nn.Module:
+        """The weights validated and kept: UFNRec's moving average once reversal has started."""
+        fn = self.false_negatives
+        return fn.teacher.model if fn is not None and fn.teacher is not None else self.model
+
     def validate(self) -> float:
-        return self.validation.hr(self.model)
+        return self.validation.hr(self.kept_model())
 
 
 @torch.no_grad()

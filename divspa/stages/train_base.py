@@ -76,8 +76,10 @@ def build_bundle(ctx: RunContext, version: str, cfg: Config | None = None) -> Mo
     return new_bundle(base_inputs(ctx), cfg or ctx.cfg, version, ctx.run_id)
 
 
-def train_report_rows(version: str, report: TrainReport, val_k: int) -> list[tuple[str, str, int | None, float]]:
-    return [
+def train_report_rows(version: str, report: TrainReport, val_k: int,
+                      false_negatives: bool = False) -> list[tuple[str, str, int | None, float]]:
+    reversal = [(version, "reversal_after", None, float(report.reversal_after))] if false_negatives else []
+    return reversal + [
         (version, "val_hr", val_k, report.best_val_hr),
         (version, "best_epoch", None, float(report.best_epoch)),
         (version, "epochs_run", None, float(report.epochs_run)),
@@ -98,7 +100,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     job = TrainJob(cfg, "base", ctx.warehouse.snapshot("train_examples"), ctx.run_id, where=None, epochs=None,
                    checkpoint=path)
     report = train(job, bundle)
-    ctx.write_metrics(NAME, train_report_rows(BASE_VERSION, report, cfg.train.val_k))
+    ctx.write_metrics(NAME, train_report_rows(BASE_VERSION, report, cfg.train.val_k, cfg.train.false_negatives))
     return {"checkpoint": str(path), "best_epoch": report.best_epoch, "val_hr": round(report.best_val_hr, 4),
             "examples_per_s": round(report.examples_per_s)}
 

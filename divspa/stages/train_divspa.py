@@ -70,7 +70,7 @@ def train_student(ctx: RunContext, label: str, teacher: str, version: str) -> di
     job = TrainJob(cfg, "divspa", ctx.warehouse.snapshot("divspa_examples"), ctx.run_id, where={"teacher": teacher},
                    epochs=None, checkpoint=checkpoint_path(ctx, version))
     report = train(job, bundle)
-    ctx.write_metrics(label, train_report_rows(version, report, cfg.train.val_k))
+    ctx.write_metrics(label, train_report_rows(version, report, cfg.train.val_k, cfg.train.false_negatives))
     return {"version": version, "teacher": teacher, "best_epoch": report.best_epoch,
             "val_hr": round(report.best_val_hr, 4), "examples_per_s": round(report.examples_per_s)}
 
