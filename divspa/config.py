@@ -254,9 +254,11 @@ class TrainConfig:
     ufn_reverse: int = _opt(5, ge=0)  # [paper: UFNRec's code, 5] visits as a hard negative before an item is reversed
     ufn_consistency: float = _opt(0.3, ge=0)  # [paper: UFNRec's lambda, 0.3] weight of the teacher's consistency loss
     ufn_ema_decay: float = _opt(0.999, gt=0, lt=1)  # [paper: UFNRec's code, 0.999] the teacher's moving-average decay
-    # [paper: UFNRec's code, 8 epochs and 1/200] Reversal starts after at least ufn_min_epochs epochs,
-    # once an epoch lowers the training loss by less than ufn_level_off of the first six epochs' drop.
-    ufn_min_epochs: int = _opt(8, ge=2)
+    # Reversal starts after at least ufn_min_epochs epochs, once an epoch lowers the training loss by
+    # less than ufn_level_off of the first six epochs' drop [paper: UFNRec's code, 1/200 after 8
+    # epochs of 201] or does not improve validation HR [beyond the paper: early-stopped training
+    # ends before its loss levels off]; early stopping then waits until items can be reversed.
+    ufn_min_epochs: int = _opt(2, ge=2)
     ufn_level_off: float = _opt(0.005, ge=0)
     # [beyond the paper: bounded memory] Hard negatives remembered per training row, and the rows'
     # hashed table's size cap (8 + 6 x width bytes a slot; a row whose slot another took starts afresh).

@@ -105,7 +105,7 @@ def test_divspa_pipeline_on_each_arch(spark, trained, tmp_path, arch, ssl, ufn):
     cfg.run.output_dir, cfg.model.arch, cfg.model.ssl, cfg.train.epochs = str(out), arch, ssl, 1
     if ufn:
         cfg.train.epochs, cfg.train.false_negatives, cfg.train.ufn_min_epochs, cfg.train.ufn_level_off = 4, True, 2, 1e9
-        cfg.train.patience = 4
+        cfg.train.patience, cfg.train.ufn_reverse = 4, 0
     ctx = RunContext.start(cfg, "test", spark=spark, force=True)
     run_pipeline(ctx, [s.name for s in STAGES[STAGES.index(BY_NAME["train_base"]):]])
     final = final_version(ctx)

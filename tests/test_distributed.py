@@ -92,6 +92,21 @@ def test_two_processes_are_reproducible(two_ranks):
     assert not all(torch.equal(a[k], models["one"].model.state_dict()[k]) for k in a)  # it did train differently
 
 
+def test_two_processes_reverse_false_negatives(trained, tmp_path):
+    """UFNRec under DDP: each rank remembers its own share's rows (a rank's share is the same every
+    epoch), and the ranks' moving averages agree, so rank 0's is the one kept."""
+    ctx = trained
+    two = job(ctx, 2, tmp_path / "ufn.pt")
+    two.cfg.train.false_negatives, two.cfg.train.ufn_min_epochs, two.cfg.train.ufn_level_off = True, 2, 1e9
+    two.cfg.train.ufn_reverse = 0
+    bundle = build_bundle(ctx, "ddp-ufn")
+    report = train(two, bundle)
+    assert report.reversal_after == 2 and bundle.meta["false_negatives"]["reversal_after"] == 2
+    assert all(torch.isfinite(torch.tensor(report.train_loss)))
+    hr = evaluate_scorer(ctx, model_scorer(bundle), bundle.vocab).metric("hr", 20)
+    assert hr > 2 * 20 / bundle.vocab.num_items
+
+
 def rank_pids(parent: int) -> list[int]:
     """Processes under `parent` that torchrun started as ranks (LOCAL_RANK in their environment)."""
     found = []

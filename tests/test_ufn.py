@@ -80,12 +80,16 @@ def test_reversal_waits_for_the_loss_to_level_off():
     assert not level_off([5.0, 4.0, 3.0, 2.5, 2.2, 2.0, 1.9, 1.85], 8, 0.005)  # still falling: 0.05 > 3 / 200
     assert level_off([5.0, 4.0, 3.0, 2.5, 2.2, 2.0, 1.9, 1.899], 8, 0.005)  # 0.001 < 0.015
     assert not level_off([5.0, 4.0, 3.0, 2.5, 2.2, 2.0, 1.899], 8, 0.005)  # too soon: 7 epochs
-    fn = FalseNegatives(TrainConfig(false_negatives=True, ufn_min_epochs=3, ufn_level_off=0.1), rows=10)
+    fn = FalseNegatives(TrainConfig(false_negatives=True, ufn_min_epochs=3, ufn_level_off=0.1, ufn_reverse=2), 10)
     model = _model("youtubednn")
     assert fn.visit(_rows([1], [1]), torch.device("cpu")) is None  # nothing remembered before
-    assert not fn.after_epoch(3, [3.0, 2.0, 1.5], model) and not fn.active  # 0.5 > 0.1 x 1.5
-    assert fn.after_epoch(4, [3.0, 2.0, 1.5, 1.45], model) and fn.active and fn.started_after == 4
-    assert not fn.after_epoch(5, [3.0, 2.0, 1.5, 1.45, 1.44], model)  # once
+    assert not fn.after_epoch(2, [3.0, 2.0], False, model)  # too soon, even without a better validation
+    assert not fn.after_epoch(3, [3.0, 2.0, 1.5], True, model) and not fn.active  # 0.5 > 0.1 x 1.5
+    assert fn.after_epoch(4, [3.0, 2.0, 1.5, 1.45], True, model) and fn.active and fn.started_after == 4
+    assert not fn.after_epoch(5, [3.0, 2.0, 1.5, 1.45, 1.44], True, model)  # once
+    assert [fn.holds(e) for e in (5, 6, 7, 8)] == [True, True, True, False]  # 8: the first reversals
+    early = FalseNegatives(TrainConfig(false_negatives=True, ufn_min_epochs=3), rows=10)
+    assert early.after_epoch(3, [3.0, 2.0, 1.0], False, model)  # still falling, but validation did not improve
 
 
 def test_the_teacher_is_torch_emas_moving_average():
@@ -129,7 +133,7 @@ def test_the_reversed_items_loss_and_the_consistency_term_by_hand():
     with torch.no_grad():
         for p in teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    fn.after_epoch(2, [2.0, 1.0], teacher)  # the teacher starts as a copy of these weights
+    fn.after_epoch(2, [2.0, 1.0], False, teacher)  # the teacher starts as a copy of these weights
     table = _rows([1, 2], [1, 2])
     first = fn.visit(table, torch.device("cpu"))
     fn.memory.store(first, torch.tensor([[4] + [0] * 7, [0] * 8]), torch.zeros(2, 8, dtype=torch.long))
@@ -167,7 +171,7 @@ def test_off_and_never_started_train_the_same_weights_and_reversal_reproduces(tr
     (here after epoch 2, reversing at the first repeat) it remembers, reverses, and keeps the
     moving average."""
     off, _ = _train(trained, 3)
-    waiting, _ = _train(trained, 3, false_negatives=True, ufn_min_epochs=20)
+    waiting, _ = _train(trained, 3, false_negatives=True, ufn_min_epochs=20)  # fixed epochs: the loss rule only
     assert all(torch.equal(off[k], waiting[k]) for k in off)
     on, (report, trainer) = _train(trained, 4, false_negatives=True, ufn_min_epochs=2, ufn_level_off=1e9,
                                    ufn_reverse=0)

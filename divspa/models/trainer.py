@@ -270,24 +270,26 @@ class Trainer:
             report.epoch_examples.append(seen)
             report.train_loss.append(total / max(seen, 1))
             report.epochs_run = epoch
-            if self.false_negatives and self.false_negatives.after_epoch(epoch, report.train_loss, self.model):
-                log.info("epoch %d: the training loss levelled off; false negatives are reversed from now on, "
-                         "and the moving-average teacher is validated and kept", epoch)
-                bad_epochs, report.reversal_after = 0, epoch
             val = self.validate() if has_val and self.rank == 0 else -report.train_loss[-1]
             val = from_rank0(self.world_size, val)
             report.val_hr.append(val)
             log.info("epoch %d: train loss %.4f, val HR@%d %.4f", epoch, report.train_loss[-1], self.tcfg.val_k, val)
             if self.epoch_hook is not None:
                 self.epoch_hook(epoch, val)
+            improved = best_state is None or val > report.best_val_hr
+            fn = self.false_negatives
+            if fn is not None and fn.after_epoch(epoch, report.train_loss, improved or fixed, self.model):
+                log.info("epoch %d: training has converged; false negatives are reversed from now on, and the "
+                         "moving-average teacher is validated and kept", epoch)
+                report.reversal_after, bad_epochs = epoch, 0
             if fixed:
                 report.best_val_hr, report.best_epoch = val, epoch
                 continue
-            if best_state is None or val > report.best_val_hr:
+            if improved:
                 report.best_val_hr, report.best_epoch = val, epoch
                 best_state = copy.deepcopy(self.kept_model().state_dict())
                 bad_epochs = 0
-            else:
+            elif fn is None or not fn.holds(epoch):
                 bad_epochs += 1
                 if bad_epochs >= self.tcfg.patience:
                     log.info("early stopping after epoch %d: best val HR@%d %.4f at epoch %d", epoch,

@@ -168,13 +168,26 @@ class FalseNegatives:
     def active(self) -> bool:
         return self.teacher is not None
 
-    def after_epoch(self, epoch: int, losses: list[float], model: torch.nn.Module) -> bool:
-        """Starts reversal when the loss has levelled off; True on the epoch it starts."""
-        if self.active or not level_off(losses, self.tcfg.ufn_min_epochs, self.tcfg.ufn_level_off):
+    def after_epoch(self, epoch: int, losses: list[float], improved: bool, model: torch.nn.Module) -> bool:
+        """Starts reversal once training has converged; True on the epoch it starts.
+
+        Converged is UFNRec's rule (the training loss has levelled off), or, as early-stopped
+        training sees it, an epoch that did not improve validation HR: the reference trains 201
+        epochs, and here a sparse log's base stops long before its training loss levels off."""
+        tcfg = self.tcfg
+        if self.active or epoch < tcfg.ufn_min_epochs:
             return False
-        self.teacher = MovingAverage(model, self.tcfg.ufn_ema_decay)
+        if improved and not level_off(losses, tcfg.ufn_min_epochs, tcfg.ufn_level_off):
+            return False
+        self.teacher = MovingAverage(model, tcfg.ufn_ema_decay)
         self.started_after = epoch
         return True
+
+    def holds(self, epoch: int) -> bool:
+        """Whether early stopping must wait: until the first epoch in which an item can be reversed
+        (a row is visited once an epoch: hard on the first visit after the start, placed again on
+        each of the next `ufn_reverse` + 1), no epoch counts against `train.patience`."""
+        return self.started_after is not None and epoch < self.started_after + self.tcfg.ufn_reverse + 2
 
     def visit(self, table: pa.Table, device: torch.device) -> RowNegatives | None:
         if not self.active:
