@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/training.py                       # MovieLens-100K (conf/ml100k.yaml)
     .venv/bin/python benchmarks/training.py --conf conf/default.yaml
     .venv/bin/python benchmarks/training.py --processes 1,2     # also: data-parallel ranks (issue 20)
+    .venv/bin/python benchmarks/training.py --systems base,rfm,ufnrec --epochs 5 --passes 0   # RFM, UFNRec vs base
 
 Runs the pipeline up to `augment` for the config's run if needed (skipping what is committed),
 then times one epoch of each trainer on the same examples (3 strategies x m = 3 augmented
@@ -60,8 +61,50 @@ def epoch_rate(trainer: Trainer) -> tuple[float, int]:
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         trainer.optimizer.step()
+        if trainer.false_negatives:
+            trainer.false_negatives.after_step(trainer.model)
         rows += table.num_rows
     return rows / (time.perf_counter() - start), rows
+
+
+def state_bytes(trainer: Trainer) -> int:
+    """What training holds beside the data: weights, Adam's two moments per weight (CatchUpAdam's
+    too), UFNRec's row memory and its moving-average teacher."""
+    weights = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    fn = trainer.false_negatives
+    return 3 * weights + (fn.memory.nbytes + (weights if fn.teacher else 0) if fn else 0)
+
+
+def systems(ctx: RunContext, cfg: Config, names: list[str], epochs: int) -> None:
+    """The paper's other bases against the plain one, one epoch each in turn (median of `epochs`):
+    RFM (model.ssl) and UFNRec (train.false_negatives, reversal started and its memory filled by
+    one untimed epoch; ufn_reverse 0, so every remembered item is reversed from its second visit
+    and the consistency term is computed: its costliest case)."""
+    settings = {"base": {}, "rfm": {"model.ssl": "rfm"}, "ufnrec": {"train.false_negatives": True, "train.ufn_reverse": 0}}
+    trainers = {}
+    for name in names:
+        run_cfg = copy.deepcopy(cfg)
+        for key, value in settings[name].items():
+            section, field = key.split(".")
+            setattr(getattr(run_cfg, section), field, value)
+        trainer = Trainer(run_cfg, build_bundle(ctx, f"bench-{name}", run_cfg), ctx.warehouse.dataset("train_examples"),
+                          ctx.run_id)
+        if trainer.false_negatives:
+            trainer.false_negatives.after_epoch(1, [1.0, 1.0], False, trainer.model)
+            epoch_rate(trainer)  # fills the row memory
+        trainers[name] = trainer
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(epochs):
+        for name, trainer in trainers.items():
+            rate, n = epoch_rate(trainer)
+            rates[name].append(rate)
+    base = statistics.median(rates[names[0]])
+    print(f"\n# the paper's other bases: {n:,} examples per epoch, median of {epochs} epochs each, in turn")
+    print(f"{'system':<10}{'examples/s':>12}{'epoch s':>9}{'epoch vs ' + names[0]:>17}{'state MB':>10}{'vs ' + names[0]:>8}")
+    base_bytes = state_bytes(trainers[names[0]])
+    for name, trainer in trainers.items():
+        rate, held = statistics.median(rates[name]), state_bytes(trainer)
+        print(f"{name:<10}{rate:>12,.0f}{n / rate:>9.2f}{base / rate:>17.2f}{held / 1e6:>10.1f}{held / base_bytes:>8.2f}")
 
 
 def main() -> None:
@@ -72,6 +115,8 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=15, help="reader passes per method, median reported (0: skip)")
     ap.add_argument("--processes", default="", help="e.g. 1,2: also train with that many data-parallel ranks")
     ap.add_argument("--ddp-epochs", type=int, default=3, help="fixed epochs per trainer and number of processes")
+    ap.add_argument("--systems", default="", help="e.g. base,rfm,ufnrec: the epoch and the state each system "
+                    "trains with, against the first")
     args = ap.parse_args()
     cfg = load_config(args.conf, args.overrides)
     ctx = RunContext.start(cfg, "bench-training")
@@ -129,6 +174,8 @@ def main() -> None:
         print(f"\n{'reader (median of ' + str(args.passes) + ' passes)':<34}{'rows/s':>12}{'vs raw':>10}")
         for label, rate in results.items():
             print(f"{label:<34}{rate:>12,.0f}{rate / raw:>10.2f}")
+    if args.systems:
+        systems(ctx, cfg, args.systems.split(","), max(args.epochs, 1))
     if args.processes:
         data_parallel(ctx, cfg, [int(p) for p in args.processes.split(",")], args.ddp_epochs)
 

@@ -176,6 +176,8 @@ def test_off_and_never_started_train_the_same_weights_and_reversal_reproduces(tr
     on, (report, trainer) = _train(trained, 4, false_negatives=True, ufn_min_epochs=2, ufn_level_off=1e9,
                                    ufn_reverse=0)
     assert report.reversal_after == 2 and all(math.isfinite(v) for v in report.train_loss)
+    # epoch 3 remembers (and reverses only for a user's repeated clicks of an item), epoch 4 reverses
+    assert len(report.reversed) == 2 and report.reversed[1] > report.reversed[0]
     memory = trainer.false_negatives.memory
     assert (memory.keys >= 0).sum() > 0 and (memory.items > 0).sum() > 0  # rows remembered hard negatives
     assert (memory.counts > 0).sum() > 0  # and met them again

@@ -63,7 +63,8 @@ def _finish(bundle: ModelBundle, trainer: Trainer, report: TrainReport, path: st
                         "processes": trainer.world_size})
     if trainer.false_negatives is not None:  # what UFNRec did: when reversal started, what it kept
         tcfg = trainer.tcfg
-        bundle.meta["false_negatives"] = {"reversal_after": report.reversal_after, "reverse": tcfg.ufn_reverse,
+        bundle.meta["false_negatives"] = {"reversal_after": report.reversal_after, "reversed": report.reversed,
+                                          "reverse": tcfg.ufn_reverse,
                                           "consistency": tcfg.ufn_consistency, "ema_decay": tcfg.ufn_ema_decay,
                                           "memory_bytes": trainer.false_negatives.memory.nbytes}
     save_checkpoint(path, bundle)

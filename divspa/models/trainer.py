@@ -60,6 +60,7 @@ class TrainReport:
     examples_per_s: float = 0.0
     wall_s: float = 0.0
     reversal_after: int = 0  # train.false_negatives: the epoch after which reversal started (0: it did not)
+    reversed: list[int] = field(default_factory=list)  # ... and each epoch's reversed (row, item) pairs
 
 
 class Progress:
@@ -263,7 +264,11 @@ class Trainer:
                     progress.update(seen, total / seen)
             progress.close()
             self.optimizer.flush()
-            total, seen_all = sum_over_ranks(self.world_size, total, seen)
+            fn = self.false_negatives
+            total, seen_all, reversed_ = sum_over_ranks(self.world_size, total, seen, fn.take_reversed() if fn else 0)
+            if fn is not None and fn.active:
+                report.reversed.append(int(reversed_))
+                log.info("epoch %d: %d remembered negatives were treated as positives (reversed)", epoch, reversed_)
             report.epoch_s.append(time.monotonic() - epoch_started)
             seen = int(seen_all)
             report.examples += seen
@@ -277,7 +282,6 @@ class Trainer:
             if self.epoch_hook is not None:
                 self.epoch_hook(epoch, val)
             improved = best_state is None or val > report.best_val_hr
-            fn = self.false_negatives
             if fn is not None and fn.after_epoch(epoch, report.train_loss, improved or fixed, self.model):
                 log.info("epoch %d: training has converged; false negatives are reversed from now on, and the "
                          "moving-average teacher is validated and kept", epoch)

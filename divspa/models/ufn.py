@@ -163,6 +163,7 @@ class FalseNegatives:
         self.memory = RowMemory(rows, tcfg.ufn_width, tcfg.ufn_slots)
         self.teacher: MovingAverage | None = None
         self.started_after: int | None = None  # the epoch after which reversal started
+        self.reversed_visits = 0  # reversed (row, item) pairs met since the last `take_reversed`
 
     @property
     def active(self) -> bool:
@@ -209,6 +210,7 @@ class FalseNegatives:
         reversed_ = rows.reversed & (rows.idx > 0)
         extra = torch.where(reversed_, row_loss, torch.zeros_like(row_loss)).sum(1)
         n = int(reversed_.sum())
+        self.reversed_visits += n
         if n == 0 or self.teacher is None:
             return extra
         with torch.no_grad():
@@ -218,6 +220,10 @@ class FalseNegatives:
             t_logit = teacher.omega * (t_user.unsqueeze(1) * t_items).sum(-1)
         consistency = F.binary_cross_entropy_with_logits(row_logit[reversed_], torch.sigmoid(t_logit[reversed_]))
         return extra + self.tcfg.ufn_consistency * consistency  # the same on every row: once in the batch's mean
+
+    def take_reversed(self) -> int:
+        n, self.reversed_visits = self.reversed_visits, 0
+        return n
 
     def after_step(self, model: torch.nn.Module) -> None:
         if self.teacher is not None:
