@@ -90,7 +90,8 @@ def systems(ctx: RunContext, cfg: Config, names: list[str], epochs: int) -> None
         trainer = Trainer(run_cfg, build_bundle(ctx, f"bench-{name}", run_cfg), ctx.warehouse.dataset("train_examples"),
                           ctx.run_id)
         if trainer.false_negatives:
-            trainer.false_negatives.after_epoch(1, [1.0, 1.0], False, trainer.model)
+            started = trainer.false_negatives.after_epoch(run_cfg.train.ufn_min_epochs, [1.0, 1.0], False, trainer.model)
+            assert started, "UFNRec's reversal did not start"
             epoch_rate(trainer)  # fills the row memory
         trainers[name] = trainer
     rates: dict[str, list[float]] = {name: [] for name in names}
