@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/vocabulary.py                              # YoutubeDNN, 10k..420k items
     .venv/bin/python benchmarks/vocabulary.py --arch deepfm --items 10000,420000 --threads 2
+    .venv/bin/python benchmarks/vocabulary.py --values 41200000       # a vocabulary's bytes, stored two ways
 
 One step is what `Trainer.batch_loss` does per batch at the paper's settings (batch 256, 200
 shared negatives, 20 history items, embedding 32): towers forward, sampled softmax, backward, the
@@ -62,13 +63,57 @@ def step_ms(items: int, sparse: bool, arch: str, steps: int, seed: int = 0) -> f
     return 1000 * statistics.median(times)
 
 
+def stored_values(n: int) -> None:
+    """What n feature values cost as a checkpoint's vocabulary: a list of str (before 2026-12-07)
+    against Arrow's buffer and offsets (now). Values like Video's: 57 fields, `f<field>=<value>`."""
+    import gc
+    import io
+    import resource
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from divspa.models.encoding import token_tensors, tokens_from_tensors
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 1e6
+
+    ids = pa.array(np.arange(n))
+    field = pc.cast(pc.subtract(ids, pc.multiply(pc.divide(ids, 57), 57)), pa.string())
+    values = pc.binary_join_element_wise(pc.binary_join_element_wise("f", field, ""), pc.cast(ids, pa.string()), "=")
+    print(f"# {n:,} feature values, {values.nbytes / 1e6:.0f} MB as an Arrow array")
+    print(f"{'stored as':<22}{'in memory MB':>14}{'file MB':>10}{'save s':>8}{'load s':>8}")
+    for label, make, read in (
+            ("list of str (old)", lambda: values.to_pylist(), lambda x: x),
+            ("Arrow bytes+offsets", lambda: token_tensors(values), tokens_from_tensors)):
+        gc.collect()
+        before = rss_mb()
+        held = make()
+        grown = rss_mb() - before
+        start = time.perf_counter()
+        buf = io.BytesIO()
+        torch.save({"tokens": held}, buf)
+        saved = time.perf_counter() - start
+        start = time.perf_counter()
+        read(torch.load(io.BytesIO(buf.getvalue()), weights_only=True)["tokens"])
+        loaded = time.perf_counter() - start
+        print(f"{label:<22}{grown:>14.0f}{len(buf.getvalue()) / 1e6:>10.0f}{saved:>8.1f}{loaded:>8.1f}", flush=True)
+        del held, buf
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", default="10000,100000,420000", help="vocabulary sizes (Video: 420,000 items)")
     ap.add_argument("--arch", default="youtubednn")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--values", type=int, default=0, help="instead: what this many feature values cost stored "
+                    "(Video: 41,200,000)")
     args = ap.parse_args()
+    if args.values:
+        return stored_values(args.values)
     torch.set_num_threads(args.threads)
     print(f"# {args.arch}, {args.threads} thread(s), median ms per step over {args.steps} steps")
     print(f"{'items':>9} {'dense':>9} {'sparse':>9} {'speed-up':>9}")

@@ -32,6 +32,30 @@ def test_item_index_and_lists():
     assert v.item_lists(sliced, 3, keep="last").tolist() == [[0, 0, 0], [1, 2, 3]]
 
 
+def test_feature_values_are_stored_as_arrow_data_and_old_checkpoints_read():
+    """A checkpoint holds the values as UTF-8 bytes and offsets, no Python strings; what it reads
+    back encodes as the vocabulary it was written from (non-ASCII, empty and sliced values too),
+    and the list of str of older checkpoints is read as it is."""
+    import io
+
+    from divspa.models.encoding import token_tensors, tokens_from_tensors
+    from divspa.stages.train_base import sorted_strings
+
+    values = sorted_strings(pa.table({"t": ["tag=é", "age=2", "", "city=東京", "age=10"]}))
+    assert values.to_pylist() == sorted(["tag=é", "age=2", "", "city=東京", "age=10"])  # code-point order
+    for array in (values, values.slice(2), pa.array([], pa.string())):
+        stored = token_tensors(array)
+        assert set(stored) == {"offsets", "data"} and stored["data"].dtype == torch.uint8
+        buf = io.BytesIO()
+        torch.save(stored, buf)  # what a checkpoint holds loads with weights_only
+        back = tokens_from_tensors(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+        assert back.equals(array) and back.type == pa.string()
+    assert tokens_from_tensors(["a=1", "b=2"]).to_pylist() == ["a=1", "b=2"]
+    v = Vocab(np.array([1]), values, tokens_from_tensors(token_tensors(values)))
+    probe = pa.array([["city=東京", "tag=é", "nope"], [""]])
+    assert v.user_token_lists(probe, 3).tolist() == v.item_token_lists(probe, 3).tolist() == [[4, 5, 0], [1, 0, 0]]
+
+
 def test_sampled_softmax_matches_hand_computation():
     user = torch.tensor([[1.0, 0.0]])
     pos = torch.tensor([[0.6, 0.8]])

@@ -16,7 +16,7 @@ import torch
 
 from divspa import storage
 from divspa.config import ModelConfig
-from divspa.models.encoding import Vocab
+from divspa.models.encoding import Vocab, token_tensors, tokens_from_tensors
 from divspa.models.towers import TwoTower
 
 FORMAT = "divspa.two_tower.v1"
@@ -55,8 +55,8 @@ def to_bytes(bundle: ModelBundle) -> bytes:
         "model_config": dataclasses.asdict(bundle.mcfg),
         "state_dict": bundle.model.state_dict(),
         "item_ids": torch.from_numpy(bundle.vocab.item_ids.copy()),
-        "user_tokens": list(bundle.vocab.user_tokens),
-        "item_tokens": list(bundle.vocab.item_tokens),
+        "user_tokens": token_tensors(bundle.vocab.user_tokens),
+        "item_tokens": token_tensors(bundle.vocab.item_tokens),
         "item_counts": bundle.item_counts,
         "meta": bundle.meta,
     }
@@ -77,7 +77,8 @@ def load_checkpoint(source: str | bytes) -> ModelBundle:
         raise ValueError(f"checkpoint {source if isinstance(source, str) else '(bytes)'} was written by a newer "
                          f"divspa: its model settings {', '.join(unknown)} are unknown here; upgrade divspa")
     mcfg = ModelConfig(**state["model_config"])  # settings added since it was written take their defaults
-    vocab = Vocab(np.asarray(state["item_ids"].numpy(), dtype=np.int64), state["user_tokens"], state["item_tokens"])
+    vocab = Vocab(np.asarray(state["item_ids"].numpy(), dtype=np.int64), tokens_from_tensors(state["user_tokens"]),
+                  tokens_from_tensors(state["item_tokens"]))
     model = build_model(mcfg, vocab, state["state_dict"]["item_tower.item_tokens"])
     model.load_state_dict(state["state_dict"])
     model.eval()

@@ -17,16 +17,20 @@ import torch
 
 @dataclass
 class Vocab:
+    """The feature values are Arrow string arrays, not Python lists: one buffer and its offsets
+    (tens of millions of values are a few hundred MB, where a list of str is several GB of
+    objects), stored so in checkpoints (`token_tensors`)."""
+
     item_ids: np.ndarray  # sorted int64 item ids; item_ids[i] has index i + 1
-    user_tokens: list[str]  # user_tokens[i] has index i + 1
-    item_tokens: list[str]
+    user_tokens: pa.StringArray  # user_tokens[i] has index i + 1 (a list of str is taken too)
+    item_tokens: pa.StringArray
 
     def __post_init__(self) -> None:
         self.item_ids = np.asarray(self.item_ids, dtype=np.int64)
         if len(self.item_ids) > 1 and np.any(np.diff(self.item_ids) <= 0):
             raise ValueError("item_ids must be sorted and unique")
-        self._user_set = pa.array(self.user_tokens, pa.string())
-        self._item_set = pa.array(self.item_tokens, pa.string())
+        self.user_tokens = _strings(self.user_tokens)
+        self.item_tokens = _strings(self.item_tokens)
 
     @property
     def num_items(self) -> int:
@@ -55,10 +59,36 @@ class Vocab:
         return _pad(flat, _offsets(lists), width, "first")
 
     def user_token_lists(self, lists: pa.Array, width: int) -> torch.Tensor:
-        return _tokens(lists, self._user_set, width)
+        return _tokens(lists, self.user_tokens, width)
 
     def item_token_lists(self, lists: pa.Array, width: int) -> torch.Tensor:
-        return _tokens(lists, self._item_set, width)
+        return _tokens(lists, self.item_tokens, width)
+
+
+def _strings(values: pa.Array | pa.ChunkedArray | list[str]) -> pa.StringArray:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return values.cast(pa.string()) if isinstance(values, pa.Array) else pa.array(values, pa.string())
+
+
+def token_tensors(values: pa.StringArray) -> dict[str, torch.Tensor]:
+    """A string array as two tensors (UTF-8 bytes, int64 offsets): what a checkpoint stores."""
+    values = values.cast(pa.large_string()).take(pa.array(np.arange(len(values))))  # compact: offsets from 0
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64, count=len(values) + 1) if len(values) else \
+        np.zeros(1, np.int64)
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8, count=int(offsets[-1])) if offsets[-1] else \
+        np.zeros(0, np.uint8)
+    return {"offsets": torch.from_numpy(offsets.copy()), "data": torch.from_numpy(data.copy())}
+
+
+def tokens_from_tensors(stored: dict[str, torch.Tensor] | list[str]) -> pa.StringArray:
+    """`token_tensors`' inverse; a list of str (checkpoints before 2026-12-07) is read as it is."""
+    if isinstance(stored, list):
+        return _strings(stored)
+    offsets, data = stored["offsets"].numpy(), stored["data"].numpy()
+    large = pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.tobytes()),
+                                             pa.py_buffer(data.tobytes()))
+    return large.cast(pa.string())
 
 
 def _offsets(lists: pa.Array) -> np.ndarray:

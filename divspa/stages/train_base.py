@@ -10,6 +10,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from pyspark.sql import functions as F
 
@@ -42,16 +44,22 @@ class BaseInputs:
     item_counts: torch.Tensor  # [num_items]
 
 
+def sorted_strings(table: pa.Table) -> pa.Array:
+    """The one column's values in code-point order (UTF-8's byte order), kept in Arrow: a large
+    vocabulary as Python strings would be several GB of objects."""
+    column = table.column(0).combine_chunks()
+    return column.take(pc.array_sort_indices(column))
+
+
 def base_inputs(ctx: RunContext) -> BaseInputs:
     """Vocabularies from this run's train split and features."""
     examples = ctx.read("train_examples")
     counts = examples.groupBy("item_id").agg(F.count(F.lit(1)).alias("n")).orderBy("item_id")
     count_table = counts.toArrow()
     item_ids = count_table.column("item_id").to_numpy()
-    user_tokens = sorted(examples.select(F.explode("user_features").alias("t")).distinct().toArrow()
-                         .column("t").to_pylist())
+    user_tokens = sorted_strings(examples.select(F.explode("user_features").alias("t")).distinct().toArrow())
     feats = ctx.read("item_features").select("item_id", "features")
-    item_tokens = sorted(feats.select(F.explode("features").alias("t")).distinct().toArrow().column("t").to_pylist())
+    item_tokens = sorted_strings(feats.select(F.explode("features").alias("t")).distinct().toArrow())
     vocab = Vocab(item_ids, user_tokens, item_tokens)
     width = ctx.cfg.model.max_item_tokens
     token_rows = feats.join(counts.select("item_id"), "item_id", "left_semi").toArrow()
