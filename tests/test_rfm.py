@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from divspa.config import ModelConfig
-from divspa.models.rfm import RandomFeatureMasking, field_views, info_nce
+from divspa.models.rfm import RandomFeatureMasking, distinct_uniform, field_views, info_nce
 from divspa.models.towers import ARCHS, TwoTower
 from divspa.stages.train_base import BASE_VERSION, build_bundle
 from tests.test_archs import _model
@@ -49,6 +49,18 @@ def test_a_masked_field_is_absent_as_padding_is(arch):
     assert torch.allclose(got, changed, atol=1e-6)
     assert torch.allclose(moved[::2], changed[::2], atol=1e-6)  # masked ids: their rows do not matter
     assert not torch.allclose(got, model.item_vectors(items), atol=1e-3)  # masking changes the vector
+
+
+def test_catalogue_draws_are_distinct_and_uniform():
+    g = torch.Generator().manual_seed(3)
+    counts = torch.zeros(40)
+    for _ in range(2000):
+        items = distinct_uniform(40, 10, g)
+        assert len(items) == 10 and len(set(items.tolist())) == 10 and items.min() >= 0 and items.max() < 40
+        counts[items] += 1
+    assert counts.min() > 0.8 * 500 and counts.max() < 1.2 * 500  # each value in 10/40 of the draws
+    small = distinct_uniform(5, 5, g)  # 10 draws of 5 values rarely hold all 5: a permutation
+    assert sorted(small.tolist()) == [0, 1, 2, 3, 4]
 
 
 def test_info_nce_by_hand():

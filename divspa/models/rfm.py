@@ -36,6 +36,18 @@ def field_views(item_tokens: torch.Tensor, rate: float, generator: torch.Generat
     return ~masked_1, ~masked_2
 
 
+def distinct_uniform(size: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n distinct values of 0..size-1, uniformly: the first n distinct of 2n uniform draws (rejection
+    sampling, exact), a permutation's first n when the draws hold fewer. A permutation of the
+    catalogue at every step costs its size: 7 ms a step at 420k items, against 0.07 ms."""
+    draws = torch.randint(0, size, (2 * n,), generator=generator)
+    unique, inverse = torch.unique(draws, return_inverse=True)
+    if len(unique) < n:
+        return torch.randperm(size, generator=generator)[:n]
+    first = torch.full((len(unique),), 2 * n, dtype=torch.long).scatter_reduce(0, inverse, torch.arange(2 * n), "amin")
+    return draws[first.sort().values[:n]]
+
+
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean over rows of -log softmax(z1 z2^T / temperature) at the row's own column."""
     logits = z1 @ z2.T / temperature
@@ -58,7 +70,7 @@ class RandomFeatureMasking:
         if self.mcfg.ssl_items == "clicks":
             return torch.unique(positives)
         n = min(self.mcfg.ssl_batch, self.num_items)
-        return (torch.randperm(self.num_items, generator=self.generator)[:n] + 1).to(self.device)
+        return (distinct_uniform(self.num_items, n, self.generator) + 1).to(self.device)
 
     def loss(self, model: torch.nn.Module, positives: torch.Tensor) -> torch.Tensor:
         items = self.items(positives)
