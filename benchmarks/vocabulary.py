@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/vocabulary.py                              # YoutubeDNN, 10k..420k items
     .venv/bin/python benchmarks/vocabulary.py --arch deepfm --items 10000,420000 --threads 2
+    .venv/bin/python benchmarks/vocabulary.py --ssl rfm --items 105000,420000   # the same steps with RFM's loss
     .venv/bin/python benchmarks/vocabulary.py --values 41200000       # a vocabulary's bytes, stored two ways
 
 One step is what `Trainer.batch_loss` does per batch at the paper's settings (batch 256, 200
@@ -31,12 +32,13 @@ from divspa.config import load_config  # noqa: E402
 from divspa.models.layers import UserInputs  # noqa: E402
 from divspa.models.loss import sampled_softmax_loss  # noqa: E402
 from divspa.models.optimizers import make_optimizer  # noqa: E402
+from divspa.models.rfm import RandomFeatureMasking  # noqa: E402
 from divspa.models.towers import TwoTower  # noqa: E402
 
 
-def step_ms(items: int, sparse: bool, arch: str, steps: int, seed: int = 0) -> float:
+def step_ms(items: int, sparse: bool, arch: str, steps: int, seed: int = 0, ssl: str = "none") -> float:
     cfg = load_config(None, [f"model.arch={arch}", f"train.sparse_embeddings={str(sparse).lower()}",
-                             "train.sparse_min_rows=0"])
+                             "train.sparse_min_rows=0", f"model.ssl={ssl}"])
     m, t = cfg.model, cfg.train
     g = torch.Generator().manual_seed(seed)
     user_tokens, item_tokens_n = 200, 30
@@ -45,6 +47,7 @@ def step_ms(items: int, sparse: bool, arch: str, steps: int, seed: int = 0) -> f
                      out_dim=m.output_dim, omega=m.omega, arch=arch, heads=m.attention_heads,
                      layers=m.attention_layers)  # as divspa.models.checkpoint.build_model builds it
     opt = make_optimizer(model, t)
+    rfm = RandomFeatureMasking(m, items, seed, torch.device("cpu")) if ssl == "rfm" else None
     times = []
     for i in range(steps + 3):
         users = UserInputs(torch.randint(1, user_tokens + 1, (t.batch_size, 4), generator=g),
@@ -55,6 +58,8 @@ def step_ms(items: int, sparse: bool, arch: str, steps: int, seed: int = 0) -> f
         vecs = model.item_vectors(torch.cat([pos_idx, neg_idx]))
         loss = sampled_softmax_loss(model.user_vectors(users), vecs[:t.batch_size], vecs[t.batch_size:], pos_idx,
                                     neg_idx, model.omega).mean()
+        if rfm is not None:  # as Trainer.with_ssl adds it
+            loss = loss + rfm.loss(model, pos_idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -109,16 +114,18 @@ def main() -> None:
     ap.add_argument("--arch", default="youtubednn")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--ssl", default="none", choices=["none", "rfm"], help="rfm: each step with RFM's loss too")
     ap.add_argument("--values", type=int, default=0, help="instead: what this many feature values cost stored "
                     "(Video: 41,200,000)")
     args = ap.parse_args()
     if args.values:
         return stored_values(args.values)
     torch.set_num_threads(args.threads)
-    print(f"# {args.arch}, {args.threads} thread(s), median ms per step over {args.steps} steps")
+    print(f"# {args.arch}{' with RFM' if args.ssl == 'rfm' else ''}, {args.threads} thread(s), "
+          f"median ms per step over {args.steps} steps")
     print(f"{'items':>9} {'dense':>9} {'sparse':>9} {'speed-up':>9}")
     for n in (int(x) for x in args.items.split(",")):
-        dense, sparse = step_ms(n, False, args.arch, args.steps), step_ms(n, True, args.arch, args.steps)
+        dense, sparse = (step_ms(n, mode, args.arch, args.steps, ssl=args.ssl) for mode in (False, True))
         print(f"{n:>9,} {dense:>9.1f} {sparse:>9.1f} {dense / sparse:>8.1f}x", flush=True)
 
 
