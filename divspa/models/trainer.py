@@ -27,7 +27,7 @@ from torch.distributed.algorithms.join import Join
 from divspa.config import Config
 from divspa.models.checkpoint import ModelBundle
 from divspa.models.data import encode_examples, encode_users
-from divspa.models.loss import sampled_softmax_loss
+from divspa.models.loss import logits, sampled_softmax_loss
 from divspa.models.negatives import BatchNegatives
 from divspa.models.optimizers import make_optimizer
 from divspa.models.ranks import from_rank0, step_fn, sum_over_ranks
@@ -191,9 +191,8 @@ class Trainer:
         row_loss = sampled_softmax_loss(user, row, neg, rows.idx, neg_idx, omega,
                                         logq[neg_idx] if logq is not None else None, row_logq, row_neg)
         with torch.no_grad():
-            pos_logit = omega * (user * pos).sum(-1)
-            neg_logit = omega * user @ neg.T
-        return self.false_negatives.loss(rows, users, user, row, row_loss, omega, pos_idx, pos_logit,
+            pos_logit, neg_logit = logits(user, pos.unsqueeze(1), neg, omega)
+        return self.false_negatives.loss(rows, users, user, row, row_loss, omega, pos_idx, pos_logit.squeeze(1),
                                          neg_idx, neg_logit)
 
     def negatives(self, pos_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from divspa.config import TrainConfig
+from divspa.models.tensors import first_occurrences
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -92,10 +93,7 @@ class RowMemory:
 
     def store(self, rows: RowNegatives, idx: torch.Tensor, counts: torch.Tensor) -> None:
         """Writes each row's new entries; of two rows of a batch with one place, the later wins."""
-        order = torch.arange(len(rows.slot))
-        places, inverse = torch.unique(rows.slot, return_inverse=True)
-        last = torch.full((len(places),), -1, dtype=torch.long).scatter_reduce(0, inverse, order, "amax")
-        win = order == last[inverse]
+        win = first_occurrences(rows.slot.flip(0)).flip(0)  # each place's last row
         slot = rows.slot[win]
         self.keys[slot] = rows.keys[win]
         self.items[slot] = idx[win].to(torch.int32)
@@ -110,11 +108,7 @@ def hard_entries(rows: RowNegatives, row_logit: torch.Tensor, pos_idx: torch.Ten
     that scored above its positive, highest first (a shared negative drawn twice, or already one
     of the row's, counts once; the row's own positive never)."""
     width = rows.idx.shape[1]
-    first = torch.ones_like(neg_idx, dtype=torch.bool)
-    order = torch.argsort(neg_idx, stable=True)
-    sorted_idx = neg_idx[order]
-    first[order[1:]] = sorted_idx[1:] != sorted_idx[:-1]
-    fresh = first.unsqueeze(0) & ~(neg_idx.view(1, -1, 1) == rows.idx.unsqueeze(1)).any(-1)  # [B, N]
+    fresh = first_occurrences(neg_idx).unsqueeze(0) & ~(neg_idx.view(1, -1, 1) == rows.idx.unsqueeze(1)).any(-1)  # [B, N]
     cand_idx = torch.cat([rows.negative_idx(), neg_idx.expand(len(pos_idx), -1)], 1)
     cand_logit = torch.cat([row_logit, neg_logit], 1)
     cand_count = torch.cat([rows.counts, torch.zeros_like(neg_logit, dtype=torch.long)], 1)
